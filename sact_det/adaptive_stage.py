@@ -1,0 +1,148 @@
+"""One ResNet block (a "stage": res2, res3 or res4) with ACT or SACT, Algs. 1-2.
+
+The residual units are ordinary modules (Detectron2's ``BottleneckBlock``), kept
+as children named ``0 .. L-1`` so that checkpoints written for a plain ResNet
+(``res4.0.conv1.weight``, ...) load by name. The halting branches live under
+``halting.{l}`` and are the only new parameters.
+
+Execution here is *dense and masked*, as in the official implementation: every
+unit is evaluated at every position and its result is kept only at the active
+positions (``torch.where``), which equals evaluating it at the active positions
+only (Fig. 5). Training always runs every unit this way, so gradients are the
+paper's and every parameter takes part in every step (DistributedDataParallel
+needs no unused-parameter search). At inference the block stops as soon as all
+positions have halted (Alg. 2 line 11); sparse executors that skip the work at
+inactive positions are in :mod:`sact_det.sparse`.
+"""
+import math
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence
+
+import torch
+from torch import nn
+
+from .act import HaltingState
+from .halting import HaltingBranch, tile_average
+
+__all__ = ["HALTING_TYPES", "StageOutput", "AdaptiveStage"]
+
+HALTING_TYPES = ("sact", "act", "none")
+
+
+@dataclass
+class StageOutput:
+    """What one block returns besides its features.
+
+    Maps are at the block's output resolution; ``valid`` marks the positions
+    inside each image (the rest is padding added when batching).
+    """
+
+    features: Optional[torch.Tensor]  # [B, C, H, W], eq. (10); None once consumed (backbone)
+    valid: torch.Tensor  # bool [B, 1, H, W]
+    num_units_map: torch.Tensor  # int [B, H, W], N per position (eq. 7)
+    ponder_map: Optional[torch.Tensor] = None  # float32 [B, H, W], rho per position (eq. 11)
+    # Positions at which units 2..L were evaluated (index l - 2), recorded at
+    # inference for FLOP accounting; units a block skipped entirely are absent.
+    computed_masks: List[torch.Tensor] = field(default_factory=list)
+    # FLOPs a sparse executor actually ran for the whole batch (sact_det.sparse).
+    executed_flops: Optional[int] = None
+
+    def _mean_over_valid(self, value_map: torch.Tensor) -> torch.Tensor:
+        valid = self.valid[:, 0].to(value_map.dtype)
+        return (value_map * valid).sum(dim=(1, 2)) / valid.sum(dim=(1, 2)).clamp(min=1)
+
+    def ponder_cost(self) -> torch.Tensor:
+        """Per-image ponder cost of the block, ``[B]``: the mean over positions (Alg. 2 line 37)."""
+        return self._mean_over_valid(self.ponder_map)
+
+    def mean_units(self) -> torch.Tensor:
+        """Per-image mean number of evaluated units, ``[B]``."""
+        return self._mean_over_valid(self.num_units_map.float())
+
+
+class AdaptiveStage(nn.Module):
+    """A block of residual units whose depth is chosen per image (ACT) or per position (SACT)."""
+
+    def __init__(self, units: Sequence[nn.Module], halting_type: str = "sact",
+                 eps: float = 0.01, halting_bias_init: float = -3.0, tile_size: int = 1):
+        """
+        Args:
+            units: the residual units ``F^1 .. F^L``; the first may change
+                resolution and channels and is always evaluated everywhere.
+            halting_type: "sact" (eq. 14), "act" (eq. 6) or "none" (plain ResNet block).
+            eps: epsilon of eq. (7).
+            halting_bias_init: initial halting bias ``b^l`` (section 4.1: -3).
+            tile_size: k > 1 shares SACT halting scores within k x k tiles
+                (sec. 2.3), in training and in every execution mode.
+        """
+        super().__init__()
+        if halting_type not in HALTING_TYPES:
+            raise ValueError(f"halting type must be one of {HALTING_TYPES}, got {halting_type!r}")
+        if not units:
+            raise ValueError("a block needs at least one residual unit")
+        for index, unit in enumerate(units):
+            self.add_module(str(index), unit)
+        self.num_units = len(units)
+        self.halting_type = halting_type
+        self.eps = eps
+        self.tile_size = tile_size
+        self.out_channels = units[-1].out_channels
+        self.stride = math.prod(u.stride for u in units)
+        if halting_type != "none":
+            # h^L = 1 (eq. 5): the last unit has no halting branch.
+            self.halting = nn.ModuleList(
+                HaltingBranch(u.out_channels, spatial=halting_type == "sact",
+                              bias_init=halting_bias_init)
+                for u in list(units)[:-1]
+            )
+        else:
+            self.halting = None
+
+    @property
+    def units(self) -> List[nn.Module]:
+        return [self._modules[str(i)] for i in range(self.num_units)]
+
+    @property
+    def adaptive(self) -> bool:
+        return self.halting is not None
+
+    def forward(self, x: torch.Tensor, valid: Optional[torch.Tensor] = None) -> StageOutput:
+        """
+        Args:
+            x: block input ``[B, C_in, H_in, W_in]``.
+            valid: bool ``[B, 1, H, W]`` at the block's *output* resolution, or
+                None when every position belongs to an image.
+        """
+        units = self.units
+        x = units[0](x)  # the first unit is always computed (Alg. 2, l = 1)
+        padded = valid is not None
+        if not padded:
+            valid = torch.ones((x.shape[0], 1) + x.shape[2:], dtype=torch.bool, device=x.device)
+        if not self.adaptive:
+            for unit in units[1:]:
+                x = unit(x)
+            if padded:  # padding is zero, as in the adaptive blocks' output
+                x = x * valid.to(x.dtype)
+            return StageOutput(x, valid, valid[:, 0].int() * self.num_units)
+
+        state = HaltingState(valid, self.eps)
+        computed_masks = []
+        for index, unit in enumerate(units):
+            if index > 0:
+                if not self.training and state.all_halted:
+                    break  # Alg. 2 line 11
+                if not self.training:
+                    computed_masks.append(state.active)
+                # Lines 13-16: evaluate at active positions, copy elsewhere (Fig. 5).
+                x = torch.where(state.active, unit(x), x)
+            score = None  # h^L = 1 (eq. 5)
+            if index < self.num_units - 1:
+                score = tile_average(self.halting[index](x, valid), self.tile_size, valid)
+            state.update(x, score)
+        return StageOutput(
+            features=state.output.to(x.dtype),
+            valid=valid,
+            num_units_map=state.num_units[:, 0],
+            ponder_map=state.ponder_cost[:, 0],
+            computed_masks=computed_masks,
+        )

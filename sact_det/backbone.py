@@ -1,0 +1,236 @@
+"""SACT/ACT ResNet feature extractor: the stem and blocks 1-3 (res2-res4), sec. 4.2.
+
+Built from Detectron2's own ``BasicStem`` and ``BottleneckBlock`` with
+Detectron2's parameter names (``stem.conv1``, ``res4.12.conv2``, ...), so that
+ImageNet checkpoints (``detectron2://ImageNetPretrained/MSRA/R-101.pkl``, or
+torchvision ResNets converted with Detectron2's script) load by name; only the
+halting branches (``res{k}.halting.{l}.*``) are new.
+"""
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch.nn import functional as F
+
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY, Backbone
+from detectron2.modeling.backbone.resnet import BasicStem, BottleneckBlock, ResNet
+
+from .adaptive_stage import AdaptiveStage, StageOutput
+from .config import UNITS_PER_DEPTH, units_per_block, validate_sact_config
+from .flops import dense_flops, stem_flops, stage_flops
+from .sparse import SparseBackboneExecutor
+
+__all__ = ["SACTResNet", "build_sact_resnet_backbone", "build_resnet_units", "total_ponder_map"]
+
+STAGE_NAMES = ("res2", "res3", "res4")
+
+
+def build_resnet_units(cfg, num_units: Sequence[int], in_channels: int = 3):
+    """The stem and the residual units of res2-res4, Detectron2's way
+    (``MODEL.RESNETS`` widths, norm and stride placement)."""
+    r = cfg.MODEL.RESNETS
+    if r.DEFORM_ON_PER_STAGE[:3] != [False] * 3 or r.RES5_DILATION != 1:
+        raise ValueError("sact-det supports neither deformable convolutions "
+                         "(MODEL.RESNETS.DEFORM_ON_PER_STAGE) nor a dilated res5")
+    stem = BasicStem(in_channels, r.STEM_OUT_CHANNELS, r.NORM)
+    bottleneck = r.NUM_GROUPS * r.WIDTH_PER_GROUP
+    in_channels, out_channels = r.STEM_OUT_CHANNELS, r.RES2_OUT_CHANNELS
+    blocks = []
+    for index, count in enumerate(num_units):
+        first_stride = 1 if index == 0 else 2
+        blocks.append(ResNet.make_stage(
+            BottleneckBlock, count, stride_per_block=[first_stride] + [1] * (count - 1),
+            in_channels=in_channels, bottleneck_channels=bottleneck,
+            out_channels=out_channels, num_groups=r.NUM_GROUPS, norm=r.NORM,
+            stride_in_1x1=r.STRIDE_IN_1X1, dilation=1,
+        ))
+        in_channels, out_channels, bottleneck = out_channels, out_channels * 2, bottleneck * 2
+    return stem, blocks
+
+
+def total_ponder_map(block_maps: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Total ponder cost map: the per-block maps ``[H_k, W_k]`` resized (nearest)
+    to the finest block's resolution and summed, as the official code does."""
+    size = block_maps[0].shape[-2:]
+    return sum(F.interpolate(m[None, None].float(), size=size, mode="nearest")[0, 0]
+               for m in block_maps)
+
+
+class SACTResNet(Backbone):
+    """ResNet stem + adaptive blocks res2-res4 (Figs. 2, 3, 4)."""
+
+    def __init__(self, stem, stages: Sequence[AdaptiveStage], out_features: Sequence[str],
+                 freeze_at: int = 0, reference_units=None, execution: str = "dense",
+                 sparse_max_active: float = 0.8):
+        """
+        Args:
+            stem: Detectron2 ``BasicStem``.
+            stages: blocks res2, res3, ... in order (up to the last out feature).
+            out_features: names of the blocks to output (e.g. ``["res4"]``).
+            freeze_at: Detectron2's ``MODEL.BACKBONE.FREEZE_AT`` (1: stem, 2: stem
+                and res2, ...). Only residual units freeze; halting branches train.
+            reference_units: (stem, blocks) of the dense ResNet that FLOPs are
+                reported against (built on the meta device: shapes only).
+            execution: inference execution, "dense", "perforated" or "tiled"
+                (:mod:`sact_det.sparse`); training always runs dense. May be
+                changed at any time by assigning ``backbone.execution``.
+            sparse_max_active: share of active positions above which a sparse
+                executor runs a unit densely (see ``SparseStageExecutor``).
+        """
+        super().__init__()
+        self.stem = stem
+        self.stage_names = list(STAGE_NAMES[: len(stages)])
+        for name, stage in zip(self.stage_names, stages):
+            self.add_module(name, stage)
+        unknown = set(out_features) - set(self.stage_names)
+        if unknown:
+            raise ValueError(f"MODEL.RESNETS.OUT_FEATURES: {sorted(unknown)} are not blocks of the "
+                             f"SACT feature extractor; choose from {list(STAGE_NAMES)}")
+        self._out_features = list(out_features)
+        stride, channels = stem.stride, stem.out_channels
+        self._out_feature_strides, self._out_feature_channels = {}, {}
+        for name, stage in zip(self.stage_names, stages):
+            stride *= stage.stride
+            self._out_feature_strides[name] = stride
+            self._out_feature_channels[name] = stage.out_channels
+        self._reference_units = reference_units  # not a submodule: no parameters
+        self._reference_flops = {}
+        self.execution = execution
+        self.sparse_max_active = sparse_max_active
+        self._sparse = None  # SparseBackboneExecutor, rebuilt when the weights change
+        if freeze_at >= 1:
+            self.stem.freeze()
+        for stage in stages[: max(freeze_at - 1, 0)]:
+            for unit in stage.units:
+                unit.freeze()
+
+    @property
+    def stages(self) -> List[AdaptiveStage]:
+        return [getattr(self, name) for name in self.stage_names]
+
+    @property
+    def stage_strides(self) -> Dict[str, int]:
+        """Stride of every block's output (and ponder map) w.r.t. the input image."""
+        return dict(self._out_feature_strides)
+
+    def output_shape(self) -> Dict[str, ShapeSpec]:
+        return {name: ShapeSpec(channels=self._out_feature_channels[name],
+                                stride=self._out_feature_strides[name])
+                for name in self._out_features}
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return self.forward_with_sact(x)[0]
+
+    def forward_with_sact(self, x: torch.Tensor, image_sizes: Optional[Sequence[Tuple[int, int]]] = None):
+        """Features plus each block's :class:`StageOutput`.
+
+        Args:
+            x: ``[B, 3, H, W]`` normalised, padded images.
+            image_sizes: each image's (h, w) before padding; positions outside
+                an image are padding: they never compute, halt, or count.
+        """
+        features, stage_outputs = {}, {}
+        sparse = self._sparse_executor() if not self.training and self.execution != "dense" else None
+        x = sparse.stem(x) if sparse else self.stem(x)
+        stride = self.stem.stride
+        for index, (name, stage) in enumerate(zip(self.stage_names, self.stages)):
+            stride *= stage.stride
+            valid = self._valid_mask(x.shape[0], image_sizes, stride, x.device)
+            out = sparse.stages[index](x, valid) if sparse and stage.adaptive else stage(x, valid)
+            x = out.features
+            stage_outputs[name] = out
+            if name in self._out_features:
+                features[name] = x
+            else:
+                out.features = None  # only the next block needs it: do not hold it to the end
+        return features, stage_outputs
+
+    def _sparse_executor(self) -> SparseBackboneExecutor:
+        if self._sparse is None or not self._sparse.is_current(self.execution, self.sparse_max_active):
+            self._sparse = SparseBackboneExecutor(self.stem, self.stages, self.execution,
+                                                  self.sparse_max_active)
+        return self._sparse
+
+    @staticmethod
+    def _valid_mask(batch: int, image_sizes, stride: int, device) -> Optional[torch.Tensor]:
+        """Bool ``[B, 1, h, w]`` of the positions inside each image at ``stride``,
+        or None when no image is padded. Every stride-2 layer maps n -> ceil(n / 2)."""
+        if image_sizes is None:
+            return None
+        sizes = [(-(-h // stride), -(-w // stride)) for h, w in image_sizes]
+        height, width = max(s[0] for s in sizes), max(s[1] for s in sizes)
+        if all(s == (height, width) for s in sizes):
+            return None
+        valid = torch.zeros((batch, 1, height, width), dtype=torch.bool, device=device)
+        for index, (h, w) in enumerate(sizes):
+            valid[index, :, :h, :w] = True
+        return valid
+
+    def dense_reference_flops(self, image_size: Tuple[int, int]) -> int:
+        """FLOPs of the dense reference ResNet (MODEL.SACT.FLOPS_REFERENCE_DEPTH)
+        feature extractor at ``image_size``: the denominator of "% of dense"."""
+        if image_size not in self._reference_flops:
+            stem, blocks = self._reference_units
+            self._reference_flops[image_size] = dense_flops(stem, blocks, image_size)
+        return self._reference_flops[image_size]
+
+    def image_summaries(self, stage_outputs: Dict[str, StageOutput],
+                        image_sizes: Sequence[Tuple[int, int]]) -> List[dict]:
+        """Per-image SACT outputs at inference (CPU values): FLOPs, ponder cost
+        and mean units per block, and ponder maps cropped to the image."""
+        sizes = [tuple(s) for s in image_sizes]
+        flops_per_block = {"stem": torch.tensor([stem_flops(self.stem, s)[0] for s in sizes])}
+        input_sizes = [stem_flops(self.stem, s)[1] for s in sizes]
+        ponder, units, map_sizes = {}, {}, {}
+        for name, stage in zip(self.stage_names, self.stages):
+            out = stage_outputs[name]
+            flops_per_block[name] = stage_flops(stage, out, input_sizes).cpu()
+            units[name] = out.mean_units().cpu()
+            if out.ponder_map is not None:
+                ponder[name] = out.ponder_cost().cpu()
+            input_sizes = [tuple(-(-n // stage.stride) for n in s) for s in input_sizes]
+            map_sizes[name] = input_sizes
+        summaries = []
+        for index, size in enumerate(sizes):
+            flops = {k: int(v[index]) for k, v in flops_per_block.items()}
+            total = sum(flops.values())
+            dense = self.dense_reference_flops(size)
+            summary = {
+                "image_size": size,
+                "flops": total,
+                "flops_per_block": flops,
+                "dense_flops": dense,
+                "flops_pct": 100.0 * total / dense,
+                "units_per_block": {k: float(v[index]) for k, v in units.items()},
+                "ponder_cost": None,
+                "ponder_cost_per_block": None,
+                "ponder_maps": None,
+                "ponder_map": None,
+            }
+            if ponder:
+                per_block = {k: float(v[index]) for k, v in ponder.items()}
+                maps = {}
+                for name, stage_out in stage_outputs.items():
+                    h, w = map_sizes[name][index]
+                    maps[name] = stage_out.ponder_map[index, :h, :w].detach().cpu()
+                summary.update(ponder_cost=sum(per_block.values()), ponder_cost_per_block=per_block,
+                               ponder_maps=maps, ponder_map=total_ponder_map(list(maps.values())))
+            summaries.append(summary)
+        return summaries
+
+
+@BACKBONE_REGISTRY.register()
+def build_sact_resnet_backbone(cfg, input_shape: ShapeSpec) -> SACTResNet:
+    """``MODEL.BACKBONE.NAME: build_sact_resnet_backbone``; see ``add_sact_config``."""
+    validate_sact_config(cfg)
+    s = cfg.MODEL.SACT
+    out_features = list(cfg.MODEL.RESNETS.OUT_FEATURES)
+    num_blocks = max(STAGE_NAMES.index(f) + 1 if f in STAGE_NAMES else len(STAGE_NAMES)
+                     for f in out_features)
+    stem, blocks = build_resnet_units(cfg, units_per_block(cfg)[:num_blocks], input_shape.channels)
+    stages = [AdaptiveStage(units, s.TYPE, s.EPS, s.HALTING_BIAS_INIT, s.TILE_SIZE) for units in blocks]
+    with torch.device("meta"):  # shapes only, for the "% of dense" denominator
+        reference = build_resnet_units(cfg, UNITS_PER_DEPTH[s.FLOPS_REFERENCE_DEPTH],
+                                       input_shape.channels)
+    return SACTResNet(stem, stages, out_features, cfg.MODEL.BACKBONE.FREEZE_AT, reference, s.EXECUTION,
+                      s.SPARSE_MAX_ACTIVE)

@@ -1,0 +1,261 @@
+"""Where SACT spends its computation: ponder cost maps over images (Figs. 1, 8-10).
+
+Usable from Python (notebooks) and by ``tools/visualize_ponder.py``::
+
+    predictor = SACTPredictor(cfg)                  # cfg.MODEL.WEIGHTS: a trained model
+    vis = visualize(predictor, "image.jpg")         # maps at the image's resolution
+    vis.figure(score_threshold=0.5).savefig("ponder.png")
+    vis.blocks_figure().savefig("blocks.png")
+
+Maps are nearest-neighbour resized from the feature grid (each cell keeps its
+value, as in the official code) to the original image resolution.
+"""
+import csv
+import glob
+import json
+import logging
+import os
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+import matplotlib
+
+matplotlib.use("Agg")  # servers have no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image, ImageOps  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from detectron2.data import MetadataCatalog  # noqa: E402
+from detectron2.data import transforms as T  # noqa: E402
+from detectron2.modeling import build_model  # noqa: E402
+from detectron2.utils.visualizer import Visualizer  # noqa: E402
+
+from .checkpoint import SACTCheckpointer  # noqa: E402
+
+__all__ = ["SACTPredictor", "PonderVisualization", "read_image_rgb", "map_to_image",
+           "colorize", "visualize", "expand_inputs", "visualize_files"]
+
+DEFAULT_CMAP = "inferno"
+logger = logging.getLogger("sact_det")
+
+
+def read_image_rgb(path: str) -> np.ndarray:
+    """``uint8 [H, W, 3]`` RGB of any PIL-readable image: EXIF orientation
+    applied, grayscale expanded, transparency composited on white."""
+    with Image.open(path) as image:
+        image = ImageOps.exif_transpose(image)
+        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+            image = image.convert("RGBA")
+            background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+            image = Image.alpha_composite(background, image)
+        return np.asarray(image.convert("RGB"))
+
+
+class SACTPredictor:
+    """Detectron2's ``DefaultPredictor`` for SACT models: test-time resizing of
+    the config, weights loaded with :class:`SACTCheckpointer`, and the SACT
+    outputs returned with the detections."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg.clone()
+        self.model = build_model(self.cfg).eval()
+        if cfg.MODEL.WEIGHTS:
+            SACTCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
+        self.resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
+        self.input_format = cfg.INPUT.FORMAT
+        self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")
+
+    @torch.no_grad()
+    def __call__(self, image_rgb: np.ndarray) -> dict:
+        """Model output for one RGB image: ``instances`` at its resolution and ``sact``."""
+        image = image_rgb[:, :, ::-1] if self.input_format == "BGR" else image_rgb
+        height, width = image.shape[:2]
+        resized = self.resize.get_transform(image).apply_image(image)
+        tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1))).float()
+        return self.model([{"image": tensor, "height": height, "width": width}])[0]
+
+
+def map_to_image(value_map: torch.Tensor, input_size: Tuple[int, int], image_size: Tuple[int, int],
+                 stride: int) -> np.ndarray:
+    """A feature-grid map (cell ``(i, j)`` covers input pixels ``[s*i, s*i + s)``)
+    as a float32 ``[H, W]`` array over the original image (nearest neighbour)."""
+    cells = np.repeat(np.repeat(value_map.numpy(), stride, axis=0), stride, axis=1)
+    cells = cells[: input_size[0], : input_size[1]]
+    rows = (np.arange(image_size[0]) * input_size[0] // image_size[0])
+    cols = (np.arange(image_size[1]) * input_size[1] // image_size[1])
+    return cells[rows][:, cols].astype(np.float32)
+
+
+def colorize(value_map: np.ndarray, vmin: float, vmax: float, cmap: str = DEFAULT_CMAP) -> np.ndarray:
+    """``uint8 [H, W, 3]``: values mapped linearly from [vmin, vmax] onto the colour map."""
+    scale = (value_map - vmin) / max(vmax - vmin, 1e-12)
+    rgba = plt.get_cmap(cmap)(np.clip(scale, 0.0, 1.0))
+    return (rgba[..., :3] * 255).round().astype(np.uint8)
+
+
+@dataclass
+class PonderVisualization:
+    """One image's detections and ponder cost maps, at the image's resolution."""
+
+    image: np.ndarray  # uint8 RGB [H, W, 3]
+    instances: object  # detectron2 Instances, boxes in image coordinates
+    sact: dict  # the model's per-image SACT summary (FLOPs, ponder cost, units)
+    ponder_map: np.ndarray  # float32 [H, W], total ponder cost (sum over blocks)
+    block_maps: Dict[str, np.ndarray]  # float32 [H, W] per block
+    metadata: object = None
+
+    def value_range(self, value_range: Optional[Tuple[float, float]] = None) -> Tuple[float, float]:
+        if value_range is not None:
+            return value_range
+        return float(self.ponder_map.min()), float(self.ponder_map.max())
+
+    def overlay(self, value_range=None, alpha: float = 0.6, cmap: str = DEFAULT_CMAP) -> np.ndarray:
+        """``uint8 [H, W, 3]``: the heat map blended over the image."""
+        vmin, vmax = self.value_range(value_range)
+        heat = colorize(self.ponder_map, vmin, vmax, cmap).astype(np.float32)
+        return (alpha * heat + (1 - alpha) * self.image.astype(np.float32)).round().astype(np.uint8)
+
+    def detections(self, score_threshold: float = 0.5) -> np.ndarray:
+        """``uint8 [H, W, 3]``: the image with the detections above the threshold."""
+        instances = self.instances[self.instances.scores >= score_threshold].to("cpu")
+        drawn = Visualizer(self.image, self.metadata).draw_instance_predictions(instances)
+        return drawn.get_image()
+
+    def figure(self, score_threshold: float = 0.5, value_range=None, cmap: str = DEFAULT_CMAP):
+        """Fig. 1 / Fig. 10: detections beside the total ponder cost heat map with
+        a colour bar and the map's min/max. ``value_range`` fixes the colour scale."""
+        height, width = self.image.shape[:2]
+        vmin, vmax = self.value_range(value_range)
+        fig, (left, right) = plt.subplots(1, 2, figsize=(2 * width / 100 + 1.5, height / 100 + 0.8), dpi=100)
+        left.imshow(self.detections(score_threshold))
+        count = int((self.instances.scores >= score_threshold).sum())
+        left.set_title(f"{count} detections (score >= {score_threshold:g})", fontsize=9)
+        right.imshow(self.image)
+        heat = right.imshow(self.ponder_map, cmap=cmap, vmin=vmin, vmax=vmax, alpha=0.6,
+                            interpolation="nearest")
+        right.set_title(f"ponder cost: min {self.ponder_map.min():.2f}, max {self.ponder_map.max():.2f}, "
+                        f"FLOPs {self.sact['flops_pct']:.0f}% of dense", fontsize=9)
+        fig.colorbar(heat, ax=right, fraction=0.046, pad=0.02).set_label("ponder cost")
+        for ax in (left, right):
+            ax.axis("off")
+        fig.tight_layout()
+        return fig
+
+    def blocks_figure(self, value_range=None, cmap: str = DEFAULT_CMAP):
+        """Fig. 8: the ponder cost map of each block, each with its own colour bar
+        (or one fixed ``value_range`` for all)."""
+        height, width = self.image.shape[:2]
+        names = list(self.block_maps)
+        fig, axes = plt.subplots(1, len(names), figsize=(len(names) * (width / 100 + 0.9), height / 100 + 0.8),
+                                 dpi=100, squeeze=False)
+        for ax, name in zip(axes[0], names):
+            block = self.block_maps[name]
+            vmin, vmax = value_range or (float(block.min()), float(block.max()))
+            heat = ax.imshow(block, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+            ax.set_title(f"{name}: {block.min():.2f} - {block.max():.2f}", fontsize=9)
+            ax.axis("off")
+            fig.colorbar(heat, ax=ax, fraction=0.046, pad=0.02)
+        fig.tight_layout()
+        return fig
+
+
+def visualize(predictor: SACTPredictor, image) -> PonderVisualization:
+    """Runs the model on an image (path or RGB array) and returns its maps."""
+    image = read_image_rgb(image) if isinstance(image, str) else np.asarray(image)
+    output = predictor(image)
+    sact = output["sact"]
+    if sact["ponder_maps"] is None:
+        raise ValueError("the model is not adaptive (MODEL.SACT.TYPE none): it has no ponder cost maps")
+    size = tuple(image.shape[:2])
+    input_size = tuple(sact["image_size"])
+    strides = predictor.model.backbone.stage_strides
+    block_maps = {name: map_to_image(m, input_size, size, strides[name])
+                  for name, m in sact["ponder_maps"].items()}
+    finest = next(iter(sact["ponder_maps"]))  # the total map is on the finest block's grid
+    return PonderVisualization(
+        image=image, instances=output["instances"].to("cpu"), sact=sact,
+        ponder_map=map_to_image(sact["ponder_map"], input_size, size, strides[finest]),
+        block_maps=block_maps, metadata=predictor.metadata)
+
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+
+
+def expand_inputs(inputs) -> Tuple[list, list]:
+    """Files, directories (their images, sorted) and glob patterns -> (paths, failures);
+    an input that matches nothing is a failure ``(input, reason)``."""
+    paths, failures = [], []
+    for item in inputs:
+        if os.path.isdir(item):
+            found = sorted(os.path.join(item, f) for f in os.listdir(item)
+                           if f.lower().endswith(IMAGE_EXTENSIONS))
+        elif os.path.isfile(item):
+            found = [item]
+        else:
+            found = sorted(p for p in glob.glob(item) if os.path.isfile(p))
+        if found:
+            paths.extend(found)
+        else:
+            failures.append((item, "no such file, directory, or files matching the pattern"))
+    return paths, failures
+
+
+def _record(path: str, vis: Optional[PonderVisualization], score_threshold: float,
+            error: str = "") -> dict:
+    record = {"file": path, "status": "error" if error else "ok", "error": error}
+    if vis is not None:
+        sact = vis.sact
+        record.update(height=vis.image.shape[0], width=vis.image.shape[1],
+                      num_detections=int((vis.instances.scores >= score_threshold).sum()),
+                      ponder_cost=sact["ponder_cost"], flops=sact["flops"], flops_pct=sact["flops_pct"])
+        record.update({f"ponder_cost_{k}": v for k, v in sact["ponder_cost_per_block"].items()})
+        record.update({f"units_{k}": v for k, v in sact["units_per_block"].items()})
+    return record
+
+
+def visualize_files(predictor: SACTPredictor, inputs, output_dir: str, score_threshold: float = 0.5,
+                    value_range=None, progress: bool = True):
+    """Writes, for each input image, ``<name>_ponder.png`` (detections beside the
+    ponder heat map), ``<name>_blocks.png`` (per-block maps) and
+    ``<name>_overlay.png`` (heat map over the image, original resolution), plus
+    ``ponder_summary.csv`` / ``.json`` with one row per image.
+
+    An image that cannot be read is reported (logged, and a row with status
+    "error") and skipped. Returns (records, failures).
+    """
+    os.makedirs(output_dir, exist_ok=True)
+    paths, failures = expand_inputs(inputs)
+    records = [_record(item, None, score_threshold, reason) for item, reason in failures]
+    used_names = set()
+    for path in tqdm(paths, desc="ponder maps", unit="image", disable=not progress):
+        try:
+            image = read_image_rgb(path)
+        except Exception as e:  # any decoder error: report the file, go on with the others
+            reason = f"cannot read image: {type(e).__name__}: {e}"
+            logger.error(f"{path}: {reason}; skipped")
+            failures.append((path, reason))
+            records.append(_record(path, None, score_threshold, reason))
+            continue
+        vis = visualize(predictor, image)
+        name = os.path.splitext(os.path.basename(path))[0]
+        stem, index = name, 1
+        while name in used_names:  # same file name in two input directories
+            index += 1
+            name = f"{stem}_{index}"
+        used_names.add(name)
+        for suffix, fig in (("ponder", vis.figure(score_threshold, value_range)),
+                            ("blocks", vis.blocks_figure(value_range))):
+            fig.savefig(os.path.join(output_dir, f"{name}_{suffix}.png"))
+            plt.close(fig)
+        Image.fromarray(vis.overlay(value_range)).save(os.path.join(output_dir, f"{name}_overlay.png"))
+        records.append(_record(path, vis, score_threshold))
+    columns = list(dict.fromkeys(k for r in records for k in r))
+    with open(os.path.join(output_dir, "ponder_summary.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(records)
+    with open(os.path.join(output_dir, "ponder_summary.json"), "w") as f:
+        json.dump(records, f, indent=1)
+    return records, failures

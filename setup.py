@@ -1,0 +1,25 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="sact-det",
+    version="0.1.0",
+    description="Spatially Adaptive Computation Time (Figurnov et al., CVPR 2017) "
+    "for object detection in Detectron2",
+    packages=find_packages(include=["sact_det", "sact_det.*"]),
+    python_requires=">=3.9",
+    # torch/torchvision are pinned by the Makefile (torch==2.14.1, torchvision==0.29.1);
+    # detectron2 has no PyPI release and is installed by scripts/install_detectron2.sh.
+    install_requires=[
+        "torch>=2.1",
+        "torchvision>=0.16",
+        "fvcore>=0.1.5",
+        "iopath>=0.1.9",
+        "pycocotools>=2.0.2",
+        "opencv-python-headless",
+        "tqdm",
+        "matplotlib",
+        "numpy<2",
+        "setuptools<81",  # detectron2.model_zoo imports pkg_resources
+    ],
+    extras_require={"dev": ["pytest>=7", "scipy"]},
+)

@@ -1,0 +1,44 @@
+"""Shared fixtures: configs of the tiny CPU models and a small synthetic dataset on disk."""
+import os
+
+import pytest
+import torch
+
+from sact_det import get_sact_cfg
+from sact_det.data import register_synthetic
+from sact_det.data.synthetic import generate_dataset
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(REPO, "configs")
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def config_path(name: str) -> str:
+    return os.path.join(CONFIGS, name)
+
+
+def tiny_cfg(*opts, config: str = "synthetic/sact_tiny.yaml"):
+    """The synthetic CPU config with test-sized images and proposal counts."""
+    test_opts = [
+        "MODEL.DEVICE", "cpu",
+        "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "192",
+        "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "192",
+        "MODEL.RPN.POST_NMS_TOPK_TRAIN", "64", "MODEL.RPN.POST_NMS_TOPK_TEST", "32",
+        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32",
+        "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0",
+    ]
+    return get_sact_cfg(config_path(config), test_opts + list(opts))
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory):
+    """12 training and 4 validation images, registered as synthetic_train/val and
+    found by every command through ``$DETECTRON2_DATASETS/synthetic_coco``."""
+    datasets = tmp_path_factory.mktemp("datasets")
+    os.environ["DETECTRON2_DATASETS"] = str(datasets)
+    root = str(datasets / "synthetic_coco")
+    generate_dataset(root, num_train=12, num_val=4, seed=0,
+                     size_range=((120, 160), (150, 200)), max_objects=3)
+    register_synthetic(root)
+    return root

@@ -1,0 +1,74 @@
+"""The SACT evaluator's statistics and report (sact_det.evaluation)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from fvcore.nn import FlopCountAnalysis
+
+from detectron2.data import DatasetCatalog
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import build_model
+from detectron2.modeling.backbone.resnet import build_resnet_backbone
+
+from sact_det.engine import SACTTrainer
+from sact_det.evaluation import REPORT_FILE, SACTEvaluator
+
+from conftest import tiny_cfg
+
+
+def evaluate(cfg, output_dir):
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    evaluator = SACTEvaluator("synthetic_val", output_dir=str(output_dir), distributed=False)
+    loader = SACTTrainer.build_test_loader(cfg, "synthetic_val")
+    evaluator.reset()
+    inputs_seen = []
+    with torch.no_grad():
+        for inputs in loader:
+            evaluator.process(inputs, model(inputs))
+            inputs_seen += inputs
+    return evaluator.evaluate(), inputs_seen
+
+
+def test_flops_statistics_match_independent_counts(synthetic_root, tmp_path):
+    cfg = tiny_cfg("MODEL.SACT.TYPE", "none")
+    results, inputs = evaluate(cfg, tmp_path)
+    # Independent per-image counts: fvcore on Detectron2's own ResNet at each network input size.
+    reference = build_resnet_backbone(cfg, ShapeSpec(channels=3)).eval()
+    expected = []
+    for inp in inputs:
+        counter = FlopCountAnalysis(reference, inp["image"][None].float())
+        counter.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        expected.append(2 * counter.by_operator()["conv"])
+    assert len(set(expected)) > 1  # images of different sizes
+    assert results["sact"]["FLOPs"] == pytest.approx(np.mean(expected))
+    assert results["sact"]["FLOPs_std"] == pytest.approx(np.std(expected))
+    assert results["sact"]["FLOPs_pct"] == pytest.approx(100.0)
+    report = json.load(open(tmp_path / REPORT_FILE))
+    by_id = {r["image_id"]: r["flops"] for r in report["images"]}
+    assert [by_id[inp["image_id"]] for inp in inputs] == expected
+
+
+def test_report_fields(synthetic_root, tmp_path):
+    results, inputs = evaluate(tiny_cfg(), tmp_path)
+    metrics = results["sact"]
+    assert set(metrics) == {"FLOPs", "FLOPs_std", "FLOPs_pct", "FLOPs_pct_std", "ponder_cost",
+                            "ponder_cost_res2", "ponder_cost_res3", "ponder_cost_res4",
+                            "units_res2", "units_res3", "units_res4"}
+    report = json.load(open(tmp_path / REPORT_FILE))
+    assert report["dataset"] == "synthetic_val"
+    summary = report["summary"]
+    assert summary["num_images"] == len(DatasetCatalog.get("synthetic_val")) == len(inputs)
+    for key in ("flops", "flops_pct", "dense_flops", "ponder_cost"):
+        assert set(summary[key]) == {"mean", "std"}
+    images = report["images"]
+    assert {"image_id", "file_name", "image_size", "flops", "flops_pct", "dense_flops",
+            "flops_per_block", "ponder_cost", "ponder_cost_per_block", "units_per_block",
+            "num_detections"} <= set(images[0])
+    per_image = [r["ponder_cost"] for r in images]
+    assert summary["ponder_cost"]["mean"] == pytest.approx(np.mean(per_image))
+    assert metrics["ponder_cost"] == pytest.approx(
+        sum(metrics[f"ponder_cost_res{k}"] for k in (2, 3, 4)))
+    # The per-block FLOPs add up to the total.
+    assert all(sum(r["flops_per_block"].values()) == r["flops"] for r in images)
