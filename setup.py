@@ -19,7 +19,8 @@ setup(
         "tqdm",
         "matplotlib",
         "numpy<2",
+        "scipy",
         "setuptools<81",  # detectron2.model_zoo imports pkg_resources
     ],
-    extras_require={"dev": ["pytest>=7", "scipy"]},
+    extras_require={"dev": ["pytest>=7"]},
 )

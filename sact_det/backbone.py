@@ -9,7 +9,6 @@ halting branches (``res{k}.halting.{l}.*``) are new.
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-from torch.nn import functional as F
 
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
@@ -18,21 +17,22 @@ from detectron2.modeling.backbone.resnet import BasicStem, BottleneckBlock, ResN
 from .adaptive_stage import AdaptiveStage, StageOutput
 from .config import UNITS_PER_DEPTH, units_per_block, validate_sact_config
 from .flops import dense_flops, stem_flops, stage_flops
+from .maps import total_ponder_map
 from .sparse import SparseBackboneExecutor
 
-__all__ = ["SACTResNet", "build_sact_resnet_backbone", "build_resnet_units", "total_ponder_map"]
+__all__ = ["SACTResNet", "build_sact_resnet_backbone", "build_resnet_units"]
 
 STAGE_NAMES = ("res2", "res3", "res4")
 
 
-def build_resnet_units(cfg, num_units: Sequence[int], in_channels: int = 3):
+def build_resnet_units(cfg, num_units: Sequence[int], image_channels: int = 3):
     """The stem and the residual units of res2-res4, Detectron2's way
     (``MODEL.RESNETS`` widths, norm and stride placement)."""
     r = cfg.MODEL.RESNETS
     if r.DEFORM_ON_PER_STAGE[:3] != [False] * 3 or r.RES5_DILATION != 1:
         raise ValueError("sact-det supports neither deformable convolutions "
                          "(MODEL.RESNETS.DEFORM_ON_PER_STAGE) nor a dilated res5")
-    stem = BasicStem(in_channels, r.STEM_OUT_CHANNELS, r.NORM)
+    stem = BasicStem(image_channels, r.STEM_OUT_CHANNELS, r.NORM)
     bottleneck = r.NUM_GROUPS * r.WIDTH_PER_GROUP
     in_channels, out_channels = r.STEM_OUT_CHANNELS, r.RES2_OUT_CHANNELS
     blocks = []
@@ -46,14 +46,6 @@ def build_resnet_units(cfg, num_units: Sequence[int], in_channels: int = 3):
         ))
         in_channels, out_channels, bottleneck = out_channels, out_channels * 2, bottleneck * 2
     return stem, blocks
-
-
-def total_ponder_map(block_maps: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Total ponder cost map: the per-block maps ``[H_k, W_k]`` resized (nearest)
-    to the finest block's resolution and summed, as the official code does."""
-    size = block_maps[0].shape[-2:]
-    return sum(F.interpolate(m[None, None].float(), size=size, mode="nearest")[0, 0]
-               for m in block_maps)
 
 
 class SACTResNet(Backbone):
@@ -205,7 +197,8 @@ class SACTResNet(Backbone):
                 "ponder_cost": None,
                 "ponder_cost_per_block": None,
                 "ponder_maps": None,
-                "ponder_map": None,
+                "ponder_map": None,  # on the finest block's grid, of stride ponder_map_stride
+                "ponder_map_stride": None,
             }
             if ponder:
                 per_block = {k: float(v[index]) for k, v in ponder.items()}
@@ -214,7 +207,8 @@ class SACTResNet(Backbone):
                     h, w = map_sizes[name][index]
                     maps[name] = stage_out.ponder_map[index, :h, :w].detach().cpu()
                 summary.update(ponder_cost=sum(per_block.values()), ponder_cost_per_block=per_block,
-                               ponder_maps=maps, ponder_map=total_ponder_map(list(maps.values())))
+                               ponder_maps=maps, ponder_map=total_ponder_map(list(maps.values())),
+                               ponder_map_stride=self._out_feature_strides[next(iter(maps))])
             summaries.append(summary)
         return summaries
 

@@ -179,6 +179,14 @@ def _build(cfg, device, dtype):
     model = build_model(cfg)
     if cfg.MODEL.WEIGHTS:
         SACTCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    else:
+        # Random box regression makes degenerate proposals that never reach the box
+        # head; with it zeroed the proposals are anchors and POST_NMS_TOPK_TEST of
+        # them are classified, as with a trained model.
+        with torch.no_grad():
+            deltas = model.proposal_generator.rpn_head.anchor_deltas
+            deltas.weight.zero_()
+            deltas.bias.zero_()
     model.to(device=device, dtype=dtype).eval()
     reference = build_resnet_backbone(cfg, ShapeSpec(channels=3))
     result = reference.load_state_dict(model.backbone.state_dict(), strict=False)

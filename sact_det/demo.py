@@ -48,6 +48,8 @@ def run_demo(output_dir: str = "output/demo", config_file: str = DEMO_CONFIG,
           f"{sact.get('FLOPs_pct', float('nan')):.1f}% ± {sact.get('FLOPs_pct_std', float('nan')):.1f} of dense")
     print(f"  ponder cost {sact.get('ponder_cost', float('nan')):.2f}; units per block " + ", ".join(
         f"{k[6:]} {v:.2f}" for k, v in sact.items() if k.startswith("units_")))
+    print(f"  object agreement (ROC AUC of the ponder map for object pixels; 0.5 = none) "
+          f"{sact.get('object_AUC', float('nan')):.3f}")
     print(f"  report: {os.path.join(output_dir, 'inference', 'synthetic_val', 'sact_report.json')}")
     print(f"  ponder overlays: {overlay_dir}/*_ponder.png")
     print("=" * 72)

@@ -130,8 +130,11 @@ class SACTTrainer(DefaultTrainer):
         return super().build_writers() + [SACTMetricPrinter()]
 
     def train(self):
+        """Trains; returns the results of the evaluation at the end of training
+        (Detectron2 returns them only when TEST.EXPECTED_RESULTS is set)."""
         try:
-            return super().train()
+            super().train()
+            return getattr(self, "_last_eval_results", None)
         except FloatingPointError as e:
             last = (self.checkpointer.get_checkpoint_file()
                     if self.checkpointer.has_checkpoint() else None)

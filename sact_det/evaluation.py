@@ -3,7 +3,9 @@
 Reported in the paper's formats: FLOPs mean +- std, absolute and as a
 percentage of the dense reference ResNet at the same image sizes (Table 1),
 and ponder cost and mean units per block with their std across images
-(supplement, Table 3). Printed as a table, returned to Detectron2 (so it is
+(supplement, Table 3). With ground-truth objects, also the object agreement:
+the ROC AUC of the total ponder map as a predictor of object pixels (masks
+when the annotations have them, else boxes), averaged over images. Printed as a table, returned to Detectron2 (so it is
 logged with the COCO metrics, e.g. to ``metrics.json`` when evaluating during
 training) and written as JSON with the per-image records.
 """
@@ -11,14 +13,18 @@ import itertools
 import json
 import logging
 import os
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 from tabulate import tabulate
 
 import detectron2.utils.comm as comm
+from detectron2.data import DatasetCatalog
 from detectron2.evaluation import DatasetEvaluator
+from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
+
+from .saliency import object_auc, object_mask
 
 __all__ = ["SACTEvaluator", "summarize_records", "format_summary", "REPORT_FILE"]
 
@@ -45,6 +51,9 @@ def summarize_records(records: List[dict]) -> dict:
         summary["ponder_cost"] = _stats([r["ponder_cost"] for r in records])
         summary["ponder_cost_per_block"] = {
             b: _stats([r["ponder_cost_per_block"][b] for r in records]) for b in blocks}
+    object_aucs = [r["object_auc"] for r in records if r.get("object_auc") is not None]
+    if object_aucs:
+        summary["object_auc"] = dict(_stats(object_aucs), images=len(object_aucs))
     return summary
 
 
@@ -63,7 +72,11 @@ def format_summary(summary: dict) -> str:
         rows.append(["ponder cost"] + [pm(summary["ponder_cost_per_block"][b], ".2f") for b in blocks]
                     + [pm(summary["ponder_cost"], ".2f")])
     block_table = tabulate(rows, headers=[""] + blocks + ["total"], tablefmt="pipe")
-    return f"Feature extractor (stem + {', '.join(blocks)}):\n{flops_table}\n{block_table}"
+    text = f"Feature extractor (stem + {', '.join(blocks)}):\n{flops_table}\n{block_table}"
+    if "object_auc" in summary:
+        text += (f"\nObject agreement (ROC AUC of the ponder map for object pixels, "
+                 f"{summary['object_auc']['images']} images): {pm(summary['object_auc'], '.3f')}")
+    return text
 
 
 def flat_metrics(summary: dict) -> Dict[str, float]:
@@ -78,6 +91,8 @@ def flat_metrics(summary: dict) -> Dict[str, float]:
         metrics["ponder_cost"] = summary["ponder_cost"]["mean"]
         for block, stats in summary["ponder_cost_per_block"].items():
             metrics[f"ponder_cost_{block}"] = stats["mean"]
+    if "object_auc" in summary:
+        metrics["object_AUC"] = summary["object_auc"]["mean"]
     return metrics
 
 
@@ -89,18 +104,35 @@ class SACTEvaluator(DatasetEvaluator):
         self._output_dir = output_dir
         self._distributed = distributed
         self._records: List[dict] = []
+        self._ground_truth: Optional[Dict] = None
 
     def reset(self):
         self._records = []
+
+    def _objects(self, image_id) -> Optional[np.ndarray]:
+        """Bool object pixels of an image of the dataset, None without objects."""
+        if self._ground_truth is None:
+            self._ground_truth = {d["image_id"]: d for d in DatasetCatalog.get(self._dataset_name)}
+        record = self._ground_truth.get(image_id)
+        if record is None or not record.get("annotations"):
+            return None
+        annotations = [dict(a, bbox=BoxMode.convert(a["bbox"], a.get("bbox_mode", BoxMode.XYWH_ABS),
+                                                    BoxMode.XYWH_ABS)) for a in record["annotations"]]
+        return object_mask(annotations, record["height"], record["width"])
 
     def process(self, inputs, outputs):
         for inp, out in zip(inputs, outputs):
             sact = out.get("sact")
             if sact is None:
                 continue
-            record = {k: v for k, v in sact.items() if k not in ("ponder_maps", "ponder_map")}
+            record = {k: v for k, v in sact.items() if k not in ("ponder_maps", "ponder_map", "ponder_map_stride")}
             record.update(image_id=inp.get("image_id"), file_name=inp.get("file_name"),
-                          num_detections=len(out["instances"]) if "instances" in out else None)
+                          num_detections=len(out["instances"]) if "instances" in out else None,
+                          object_auc=None)
+            objects = self._objects(inp.get("image_id")) if sact["ponder_map"] is not None else None
+            if objects is not None and objects.any() and not objects.all():
+                record["object_auc"] = object_auc(sact["ponder_map"], objects, sact["image_size"],
+                                                  sact["ponder_map_stride"])
             self._records.append(record)
 
     def evaluate(self):

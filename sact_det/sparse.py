@@ -32,7 +32,7 @@ from detectron2.layers import FrozenBatchNorm2d
 
 from .act import act_step
 from .adaptive_stage import AdaptiveStage, StageOutput
-from .flops import conv_output_size, dense_unit_flops
+from .flops import conv_output_size, dense_unit_flops, perforated_unit_flops
 
 __all__ = ["fold_conv_norm", "FoldedConv", "FoldedUnit", "SparseStageExecutor", "SparseBackboneExecutor"]
 
@@ -75,7 +75,6 @@ class FoldedUnit:
     def __init__(self, unit: nn.Module):
         self.conv1, self.conv2, self.conv3 = (FoldedConv(c) for c in (unit.conv1, unit.conv2, unit.conv3))
         self.shortcut = FoldedConv(unit.shortcut) if unit.shortcut is not None else None
-        self.in_channels = unit.in_channels
         self.bottleneck = self.conv2.weight.shape[0]
         self.sparse = (self.shortcut is None and unit.stride == 1 and self.conv2.groups == 1
                        and self.conv2.dilation == (1, 1))
@@ -103,11 +102,6 @@ class FoldedUnit:
         elif out.data_ptr() != x.data_ptr():
             out.copy_(x.permute(0, 2, 3, 1).reshape(out.shape))
         out.addmm_(z, self.w3).add_(self.conv3.bias).relu_()
-
-    def flops(self, num_active: int, num_dilated: int) -> int:
-        """FLOPs of the stride-1 unit at ``num_active`` positions (sec. 2.3)."""
-        c, b = self.in_channels, self.bottleneck
-        return 2 * c * b * num_dilated + 2 * (9 * b * b + b * c) * num_active
 
 
 def _neighbour_table(batch: int, height: int, width: int, device) -> torch.Tensor:
@@ -271,7 +265,7 @@ class SparseStageExecutor:
         num_units = torch.zeros(num, dtype=torch.int32, device=device)
         output = torch.zeros((num, channels), device=device)  # float32 accumulation, eq. (10)
         computed_masks: List[torch.Tensor] = []
-        for index, unit in enumerate(self.units):
+        for index, (unit, module) in enumerate(zip(self.units, stage.units)):
             taps = self.halting[index][0] if index < stage.num_units - 1 and spatial else None
             whole_map = True  # the unit rewrote (or kept) every row: no incremental bookkeeping
             if index > 0:
@@ -300,24 +294,25 @@ class SparseStageExecutor:
                 if not spatial:
                     images = torch.unique(image_of[active])
                     self._act_unit(unit, rows, images, is_active, batch, height, width, changes)
-                    executed += unit.flops(images.numel() * height * width, images.numel() * height * width)
+                    positions = images.numel() * height * width
+                    executed += perforated_unit_flops(module, positions, positions)
                     whole_map = False
                 elif active.numel() >= self.max_active * num:
                     inactive = None if active.numel() == num else torch.nonzero(~is_active[:num]).squeeze(1)
                     self._dense_unit(unit, rows, inactive, batch, height, width)
                     pooled_sum = pooled_sum_of_rows()
-                    executed += unit.flops(num, num)
+                    executed += perforated_unit_flops(module, num, num)
                 else:
                     dilated, neighbour_rows = _dilate(active, neighbours, num)
                     if tiled:
                         tiles = torch.unique(tile_of[active])
                         self._tiled_unit(unit, rows, windows[tiles], window_outside[tiles], is_active, changes)
-                        side = stage.tile_size + 2
-                        executed += tiles.numel() * (2 * channels * unit.bottleneck * side ** 2
-                                                     + unit.flops(stage.tile_size ** 2, 0))
+                        # conv1 on each tile with its halo, conv2 and conv3 on its interior
+                        executed += tiles.numel() * perforated_unit_flops(
+                            module, stage.tile_size ** 2, (stage.tile_size + 2) ** 2)
                     else:
                         self._perforated_unit(unit, rows, active, dilated, neighbour_rows, changes)
-                        executed += unit.flops(active.numel(), dilated.numel())
+                        executed += perforated_unit_flops(module, active.numel(), dilated.numel())
                     whole_map = False
             if index < stage.num_units - 1:
                 score = self._global_logit(index, pooled_sum / count[:, None], image_of[active])

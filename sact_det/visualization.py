@@ -33,9 +33,10 @@ from detectron2.modeling import build_model  # noqa: E402
 from detectron2.utils.visualizer import Visualizer  # noqa: E402
 
 from .checkpoint import SACTCheckpointer  # noqa: E402
+from .maps import map_to_image  # noqa: E402
 
-__all__ = ["SACTPredictor", "PonderVisualization", "read_image_rgb", "map_to_image",
-           "colorize", "visualize", "expand_inputs", "visualize_files"]
+__all__ = ["SACTPredictor", "PonderVisualization", "read_image_rgb", "colorize", "visualize",
+           "expand_inputs", "visualize_files"]
 
 DEFAULT_CMAP = "inferno"
 logger = logging.getLogger("sact_det")
@@ -68,24 +69,14 @@ class SACTPredictor:
         self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")
 
     @torch.no_grad()
-    def __call__(self, image_rgb: np.ndarray) -> dict:
-        """Model output for one RGB image: ``instances`` at its resolution and ``sact``."""
+    def __call__(self, image_rgb: np.ndarray, resize: bool = True) -> dict:
+        """Model output for one RGB image: ``instances`` at its resolution and
+        ``sact``. ``resize=False`` feeds the image at its own size."""
         image = image_rgb[:, :, ::-1] if self.input_format == "BGR" else image_rgb
         height, width = image.shape[:2]
-        resized = self.resize.get_transform(image).apply_image(image)
+        resized = self.resize.get_transform(image).apply_image(image) if resize else image
         tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1))).float()
         return self.model([{"image": tensor, "height": height, "width": width}])[0]
-
-
-def map_to_image(value_map: torch.Tensor, input_size: Tuple[int, int], image_size: Tuple[int, int],
-                 stride: int) -> np.ndarray:
-    """A feature-grid map (cell ``(i, j)`` covers input pixels ``[s*i, s*i + s)``)
-    as a float32 ``[H, W]`` array over the original image (nearest neighbour)."""
-    cells = np.repeat(np.repeat(value_map.numpy(), stride, axis=0), stride, axis=1)
-    cells = cells[: input_size[0], : input_size[1]]
-    rows = (np.arange(image_size[0]) * input_size[0] // image_size[0])
-    cols = (np.arange(image_size[1]) * input_size[1] // image_size[1])
-    return cells[rows][:, cols].astype(np.float32)
 
 
 def colorize(value_map: np.ndarray, vmin: float, vmax: float, cmap: str = DEFAULT_CMAP) -> np.ndarray:
@@ -173,10 +164,9 @@ def visualize(predictor: SACTPredictor, image) -> PonderVisualization:
     strides = predictor.model.backbone.stage_strides
     block_maps = {name: map_to_image(m, input_size, size, strides[name])
                   for name, m in sact["ponder_maps"].items()}
-    finest = next(iter(sact["ponder_maps"]))  # the total map is on the finest block's grid
     return PonderVisualization(
         image=image, instances=output["instances"].to("cpu"), sact=sact,
-        ponder_map=map_to_image(sact["ponder_map"], input_size, size, strides[finest]),
+        ponder_map=map_to_image(sact["ponder_map"], input_size, size, sact["ponder_map_stride"]),
         block_maps=block_maps, metadata=predictor.metadata)
 
 

@@ -55,7 +55,7 @@ def test_report_fields(synthetic_root, tmp_path):
     metrics = results["sact"]
     assert set(metrics) == {"FLOPs", "FLOPs_std", "FLOPs_pct", "FLOPs_pct_std", "ponder_cost",
                             "ponder_cost_res2", "ponder_cost_res3", "ponder_cost_res4",
-                            "units_res2", "units_res3", "units_res4"}
+                            "units_res2", "units_res3", "units_res4", "object_AUC"}
     report = json.load(open(tmp_path / REPORT_FILE))
     assert report["dataset"] == "synthetic_val"
     summary = report["summary"]
@@ -65,7 +65,11 @@ def test_report_fields(synthetic_root, tmp_path):
     images = report["images"]
     assert {"image_id", "file_name", "image_size", "flops", "flops_pct", "dense_flops",
             "flops_per_block", "ponder_cost", "ponder_cost_per_block", "units_per_block",
-            "num_detections"} <= set(images[0])
+            "num_detections", "object_auc"} <= set(images[0])
+    # Object agreement: every synthetic image has objects on a background.
+    assert summary["object_auc"]["images"] == len(images)
+    assert all(0 <= r["object_auc"] <= 1 for r in images)
+    assert metrics["object_AUC"] == pytest.approx(np.mean([r["object_auc"] for r in images]))
     per_image = [r["ponder_cost"] for r in images]
     assert summary["ponder_cost"]["mean"] == pytest.approx(np.mean(per_image))
     assert metrics["ponder_cost"] == pytest.approx(

@@ -11,8 +11,8 @@ from PIL import Image
 
 from detectron2.structures import Boxes, Instances
 
-from sact_det.visualization import (PonderVisualization, SACTPredictor, colorize, map_to_image,
-                                    read_image_rgb, visualize)
+from sact_det.maps import map_to_image
+from sact_det.visualization import PonderVisualization, SACTPredictor, colorize, read_image_rgb, visualize
 
 from conftest import REPO, tiny_cfg
 

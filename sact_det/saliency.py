@@ -1,0 +1,312 @@
+"""Ponder cost maps as saliency maps: section 4.3 and supplement A.3.
+
+* :func:`auc_judd`: AUC-Judd as the MIT saliency benchmark defines it
+  (thresholds at the saliency values of the fixated pixels; true positive rate
+  over fixations, false positive rate over all other pixels).
+* :func:`postprocess`: eqs. (15)-(18), min-max normalisation, Gaussian blur of
+  std ``s`` and ``gamma`` times a centred Gaussian baseline.
+* :func:`evaluate_cat2000`: the protocol on the CAT2000 layout
+  (``Stimuli/<category>/*.jpg``, fixation locations in ``FIXATIONLOCS/<category>/*.mat``
+  or binary maps in ``FIXATIONMAPS/<category>/*``): ``s`` and ``gamma`` chosen
+  by grid search on the first half of each category's images, AUC-Judd reported
+  on the second half, per category and overall, with the centre baseline alone.
+* :func:`object_auc`: how well a ponder map predicts the pixels of the
+  objects of a detection dataset (ROC AUC with ties ranked), used by the
+  evaluator next to mAP and FLOPs.
+"""
+import glob
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+import torch
+from scipy.io import loadmat
+from scipy.stats import rankdata
+
+from .maps import image_to_grid
+
+__all__ = ["auc_judd", "roc_auc", "center_baseline", "postprocess", "load_fixations",
+           "Cat2000Image", "index_cat2000", "evaluate_cat2000", "saliency_figure", "object_auc", "object_mask"]
+
+logger = logging.getLogger("sact_det")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+
+
+def auc_judd(saliency: np.ndarray, fixations: np.ndarray, jitter: bool = True, seed: int = 0) -> float:
+    """AUC-Judd of a saliency map for a binary fixation map of the same size.
+
+    As in the MIT saliency benchmark: the map is min-max normalised (and, with
+    ``jitter``, given a tiny deterministic noise that breaks ties); each fixated
+    pixel's value is a threshold; at threshold ``t`` the true positive rate is
+    the share of fixations with value >= t and the false positive rate the share
+    of the other pixels with value >= t; the curve runs from (0, 0) to (1, 1)
+    and its area is integrated with the trapezoid rule.
+    """
+    if saliency.shape != fixations.shape:
+        raise ValueError(f"saliency map {saliency.shape} and fixation map {fixations.shape} differ in size")
+    fixated = fixations > 0
+    num_fixations = int(fixated.sum())
+    if num_fixations == 0:
+        raise ValueError("the fixation map has no fixations")
+    values = saliency.astype(np.float64)
+    if jitter:
+        values = values + np.random.default_rng(seed).random(values.shape) / 1e7
+    values = (values - values.min()) / max(values.max() - values.min(), 1e-12)
+    thresholds = np.sort(values[fixated])[::-1]
+    ordered = np.sort(values.ravel())
+    above = ordered.size - np.searchsorted(ordered, thresholds, side="left")  # pixels >= threshold
+    hits = np.arange(1, num_fixations + 1)
+    tpr = np.concatenate([[0.0], hits / num_fixations, [1.0]])
+    fpr = np.concatenate([[0.0], (above - hits) / (values.size - num_fixations), [1.0]])
+    return float(np.trapz(tpr, fpr))
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve of ``scores`` for binary ``labels``, i.e. the
+    probability that a positive scores above a negative, ties counting half."""
+    labels = labels.astype(bool).ravel()
+    positives, negatives = int(labels.sum()), int((~labels).sum())
+    if positives == 0 or negatives == 0:
+        raise ValueError("ROC AUC needs both positives and negatives")
+    ranks = rankdata(scores.ravel())
+    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def center_baseline(height: int, width: int, relative_std: float = 0.25) -> np.ndarray:
+    """A centred Gaussian in [0, 1] with a std of ``relative_std`` times each
+    side: our stand-in for the MIT benchmark's ``center.mat`` reference map."""
+    ys = (np.arange(height) - (height - 1) / 2) / (relative_std * height)
+    xs = (np.arange(width) - (width - 1) / 2) / (relative_std * width)
+    return np.exp(-0.5 * (ys[:, None] ** 2 + xs[None, :] ** 2))
+
+
+def postprocess(ponder: np.ndarray, sigma: float, gamma: float) -> np.ndarray:
+    """Eqs. (15)-(18): ``normalise(ponder)`` blurred by a Gaussian of std
+    ``sigma`` (pixels of ``ponder``), plus ``gamma`` times the centre baseline."""
+    span = float(ponder.max() - ponder.min())
+    normalised = (ponder - ponder.min()) / span if span > 0 else np.zeros_like(ponder, dtype=np.float64)
+    blurred = cv2.GaussianBlur(normalised.astype(np.float64), (0, 0), sigma) if sigma > 0 else normalised
+    return blurred + gamma * center_baseline(*ponder.shape)
+
+
+def load_fixations(path: str) -> np.ndarray:
+    """Binary fixation locations from a ``.mat`` (``fixLocs`` or its only array)
+    or a binary image. A continuous fixation density map is refused: AUC-Judd
+    needs fixation locations."""
+    if path.lower().endswith(".mat"):
+        data = {k: v for k, v in loadmat(path).items() if not k.startswith("__")}
+        array = data.get("fixLocs")
+        if array is None:
+            if len(data) != 1:
+                raise ValueError(f"{path}: expected a 'fixLocs' array, found {sorted(data)}")
+            array = next(iter(data.values()))
+    else:
+        array = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
+        if array is None:
+            raise ValueError(f"{path}: cannot read the fixation map")
+        if len(np.unique(array)) > 2:
+            raise ValueError(f"{path}: a continuous fixation density map; AUC-Judd needs fixation "
+                             "locations (FIXATIONLOCS/<category>/<name>.mat or a binary map)")
+    return np.asarray(array) > 0
+
+
+@dataclass
+class Cat2000Image:
+    category: str
+    stimulus: str
+    fixations: Optional[str]  # None when missing
+
+
+def index_cat2000(root: str) -> List[Cat2000Image]:
+    """Stimuli of ``root/Stimuli/<category>/`` with their fixation files
+    (``FIXATIONLOCS/<category>/<name>.mat`` preferred, else
+    ``FIXATIONMAPS/<category>/<name>.*``)."""
+    stimuli_root = os.path.join(root, "Stimuli")
+    if not os.path.isdir(stimuli_root):
+        raise FileNotFoundError(f"{stimuli_root} does not exist: expected the CAT2000 layout "
+                                "Stimuli/<category>/*.jpg with FIXATIONMAPS/ or FIXATIONLOCS/ beside it")
+    images = []
+    for category in sorted(os.listdir(stimuli_root)):
+        folder = os.path.join(stimuli_root, category)
+        if not os.path.isdir(folder):
+            continue
+        for name in sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS)):
+            stem = os.path.splitext(name)[0]
+            candidates = [os.path.join(root, "FIXATIONLOCS", category, stem + ".mat")]
+            candidates += sorted(glob.glob(os.path.join(root, "FIXATIONMAPS", category, stem + ".*")))
+            found = next((c for c in candidates if os.path.isfile(c)), None)
+            images.append(Cat2000Image(category, os.path.join(folder, name), found))
+    if not images:
+        raise FileNotFoundError(f"no images in {stimuli_root}/<category>/")
+    return images
+
+
+@dataclass
+class _Prepared:
+    image: Cat2000Image
+    ponder: np.ndarray  # total ponder map at the model input resolution
+    fixations: np.ndarray  # bool, at the stimulus resolution
+
+
+@dataclass
+class Cat2000Result:
+    sigma: float
+    gamma: float
+    tuning_auc: float
+    categories: Dict[str, dict] = field(default_factory=dict)  # per category: SACT and centre AUC
+    overall: Dict[str, float] = field(default_factory=dict)
+    images: List[dict] = field(default_factory=list)
+    skipped: List[Tuple[str, str]] = field(default_factory=list)
+
+
+def _auc_at_fixation_size(saliency: np.ndarray, fixations: np.ndarray) -> float:
+    height, width = fixations.shape
+    resized = cv2.resize(saliency.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+    return auc_judd(resized, fixations)
+
+
+def evaluate_cat2000(ponder_fn: Callable[[np.ndarray], np.ndarray], root: str,
+                     size: Tuple[int, int] = (640, 360), sigmas: Sequence[float] = (0, 2, 5, 10, 15, 20),
+                     gammas: Sequence[float] = (0, 0.005, 0.05, 0.2, 0.5, 1.0),
+                     progress: Callable = lambda items, **kw: items) -> Cat2000Result:
+    """The protocol of section 4.3 / A.3 on a CAT2000-layout directory.
+
+    Args:
+        ponder_fn: RGB image (already resized to ``size``) -> total ponder map,
+            any resolution (it is resized to ``size``).
+        size: (width, height) the stimuli are resized to (640x360 for the COCO model).
+        sigmas: blur stds (pixels at ``size``) and gammas (centre weights) searched.
+    Images whose fixations are missing, empty, or of another size than their
+    stimulus are skipped and listed in ``skipped`` with the reason.
+    """
+    width, height = size
+    prepared: List[_Prepared] = []
+    result = Cat2000Result(sigma=float("nan"), gamma=float("nan"), tuning_auc=float("nan"))
+    for item in progress(index_cat2000(root), desc="ponder maps", unit="image"):
+        stimulus = cv2.imread(item.stimulus, cv2.IMREAD_COLOR)
+        reason = None
+        if stimulus is None:
+            reason = "cannot read the stimulus"
+        elif item.fixations is None:
+            reason = "no fixation file"
+        else:
+            try:
+                fixations = load_fixations(item.fixations)
+            except (ValueError, OSError) as e:
+                reason = str(e)
+            else:
+                if fixations.shape != stimulus.shape[:2]:
+                    reason = (f"fixation map {fixations.shape} and stimulus {stimulus.shape[:2]} "
+                              "differ in size")
+                elif not fixations.any():
+                    reason = "no fixations"
+        if reason:
+            logger.warning(f"{item.stimulus}: {reason}; skipped")
+            result.skipped.append((item.stimulus, reason))
+            continue
+        rgb = cv2.cvtColor(cv2.resize(stimulus, (width, height), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
+        ponder = cv2.resize(np.asarray(ponder_fn(rgb), np.float32), (width, height),
+                            interpolation=cv2.INTER_NEAREST)
+        prepared.append(_Prepared(item, ponder, fixations))
+    if not prepared:
+        raise ValueError(f"no usable image with fixations under {root}")
+
+    by_category: Dict[str, List[_Prepared]] = {}
+    for p in prepared:
+        by_category.setdefault(p.image.category, []).append(p)
+    tuning = [p for items in by_category.values() for p in items[: len(items) // 2]]
+    validation = {c: items[len(items) // 2:] for c, items in by_category.items()}
+    if not tuning:
+        raise ValueError("every category needs at least 2 usable images (first half tunes s and gamma)")
+    best = (-1.0, None, None)
+    for sigma in sigmas:
+        for gamma in gammas:
+            auc = float(np.mean([_auc_at_fixation_size(postprocess(p.ponder, sigma, gamma), p.fixations)
+                                 for p in tuning]))
+            if auc > best[0]:
+                best = (auc, sigma, gamma)
+    result.tuning_auc, result.sigma, result.gamma = best
+    all_sact, all_center = [], []
+    for category, items in validation.items():
+        sact, center = [], []
+        for p in items:
+            s = _auc_at_fixation_size(postprocess(p.ponder, result.sigma, result.gamma), p.fixations)
+            c = _auc_at_fixation_size(center_baseline(height, width), p.fixations)
+            sact.append(s)
+            center.append(c)
+            result.images.append({"category": category, "stimulus": p.image.stimulus,
+                                  "fixations": p.image.fixations, "auc_judd": s, "center_auc_judd": c})
+        result.categories[category] = {"images": len(items), "auc_judd": float(np.mean(sact)),
+                                       "center_auc_judd": float(np.mean(center))}
+        all_sact += sact
+        all_center += center
+    result.overall = {"images": len(all_sact), "auc_judd": float(np.mean(all_sact)),
+                      "center_auc_judd": float(np.mean(all_center))}
+    return result
+
+
+def saliency_figure(stimulus: str, fixations: str, ponder_fn: Callable[[np.ndarray], np.ndarray],
+                    size: Tuple[int, int], sigma: float, gamma: float):
+    """Fig. 11: the image, its fixations (blurred for display) and the
+    post-processed ponder cost map, side by side (a matplotlib figure)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    width, height = size
+    rgb = cv2.cvtColor(cv2.resize(cv2.imread(stimulus, cv2.IMREAD_COLOR), (width, height),
+                                  interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
+    ponder = cv2.resize(np.asarray(ponder_fn(rgb), np.float32), (width, height), interpolation=cv2.INTER_NEAREST)
+    points = cv2.resize(load_fixations(fixations).astype(np.float32), (width, height), interpolation=cv2.INTER_AREA)
+    human = cv2.GaussianBlur(points, (0, 0), max(width, height) / 40)
+    fig, axes = plt.subplots(1, 3, figsize=(3 * width / 100, height / 100 + 0.5), dpi=100)
+    for ax, picture, title in zip(axes, (rgb, human, postprocess(ponder, sigma, gamma)),
+                                  ("image", "human fixations", f"ponder cost (s={sigma:g}, gamma={gamma:g})")):
+        ax.imshow(picture, cmap=None if picture.ndim == 3 else "inferno")
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def object_mask(annotations: Sequence[dict], height: int, width: int) -> np.ndarray:
+    """Bool ``[height, width]`` of the pixels inside the (non-crowd) objects: their
+    masks when given (polygons or RLE), else their boxes (XYWH_ABS)."""
+    from pycocotools import mask as mask_utils
+
+    mask = np.zeros((height, width), dtype=bool)
+    for ann in annotations:
+        if ann.get("iscrowd", 0):
+            continue
+        segmentation = ann.get("segmentation")
+        if segmentation:
+            if isinstance(segmentation, list):
+                rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+            elif isinstance(segmentation.get("counts"), list):
+                rle = mask_utils.frPyObjects(segmentation, height, width)
+            else:
+                rle = segmentation
+            mask |= mask_utils.decode(rle).astype(bool)
+        else:
+            x, y, w, h = ann["bbox"]
+            mask[int(round(y)): int(round(y + h)), int(round(x)): int(round(x + w))] = True
+    return mask
+
+
+def object_auc(ponder_grid: torch.Tensor, objects: np.ndarray, input_size: Tuple[int, int],
+               stride: int) -> float:
+    """ROC AUC of a ponder map predicting the objects: cells of the map's grid
+    are positive when objects cover at least half of them.
+
+    Args:
+        ponder_grid: ``[h, w]`` total ponder map on its grid.
+        objects: bool object pixels over the original image (:func:`object_mask`).
+        input_size: (height, width) of the network input the grid covers.
+        stride: pixels of the network input per cell.
+    """
+    coverage = image_to_grid(objects, input_size, tuple(ponder_grid.shape), stride)
+    return roc_auc(np.asarray(ponder_grid), coverage >= 0.5)
