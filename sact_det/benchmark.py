@@ -9,8 +9,9 @@ local mean activation (more computation where activations are strong), found
 by bisection on the benchmark image; or taken from a trained model as is.
 
 Reported per row: median latency, speedup over Detectron2's backbone (timed
-alternately with each row, so that drift of the machine cancels), FLOP ratio, efficiency = speedup x FLOP ratio (1.0: every saved FLOP became saved
-time) and the peak memory of the tensors allocated during inference.
+alternately with each row, so that drift of the machine cancels), FLOP ratio,
+efficiency = speedup x FLOP ratio (1.0: every saved FLOP became saved time) and
+the peak memory of the tensors allocated during inference.
 """
 import time
 from dataclasses import asdict, dataclass
@@ -27,7 +28,7 @@ from detectron2.modeling.backbone.resnet import build_resnet_backbone
 from .data.synthetic import render_image
 
 __all__ = ["Row", "benchmark_image", "set_halting_profile", "calibrate", "paired_time_ms", "peak_memory_mb",
-           "run_benchmark", "markdown_table", "machine_description"]
+           "run_benchmark", "markdown_table", "machine_description", "rows_as_dicts"]
 
 
 @dataclass

@@ -5,9 +5,10 @@ percentage of the dense reference ResNet at the same image sizes (Table 1),
 and ponder cost and mean units per block with their std across images
 (supplement, Table 3). With ground-truth objects, also the object agreement:
 the ROC AUC of the total ponder map as a predictor of object pixels (masks
-when the annotations have them, else boxes), averaged over images. Printed as a table, returned to Detectron2 (so it is
-logged with the COCO metrics, e.g. to ``metrics.json`` when evaluating during
-training) and written as JSON with the per-image records.
+when the annotations have them, else boxes), averaged over images. Printed as
+a table, returned to Detectron2 (so it is logged with the COCO metrics, e.g. to
+``metrics.json`` when evaluating during training) and written as JSON with the
+per-image records.
 """
 import itertools
 import json

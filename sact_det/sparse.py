@@ -37,7 +37,7 @@ from .flops import conv_output_size, dense_unit_flops, perforated_unit_flops
 __all__ = ["fold_conv_norm", "FoldedConv", "FoldedUnit", "SparseStageExecutor", "SparseBackboneExecutor"]
 
 _CHUNK_BYTES = 8 << 20  # im2col chunk of the perforated 3x3 convolution (bounds memory)
-_KEEP_BYTES = 8 << 20  # new rows kept for the output accumulation instead of gathered again
+_KEEP_BYTES = 8 << 20  # a unit's new rows kept, in all, for the output accumulation (else gathered again)
 
 
 def fold_conv_norm(conv: nn.Conv2d) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -183,21 +183,24 @@ class SparseStageExecutor:
 
     @staticmethod
     def _perforated_unit(unit: FoldedUnit, rows, active, dilated, neighbour_rows, changes):
-        """The unit at the ``active`` rows only (sec. 2.3, Fig. 5), in chunks that
-        are written back at once: conv1 has already read every row it needs, and
-        chunks are disjoint, so no chunk reads a row another one wrote."""
-        inputs = rows[dilated]  # the active rows are among them: the centre tap of each
+        """The unit at the ``active`` rows only (sec. 2.3, Fig. 5). conv1 reads
+        every row it needs first; then chunks of active rows, which are disjoint,
+        read their own residual and are written back at once, so no chunk reads
+        a row another one wrote. Gathers are chunked to bound memory."""
         y = rows.new_empty((dilated.numel() + 1, unit.bottleneck))
-        torch.addmm(unit.conv1.bias, inputs, unit.w1, out=y[:-1]).relu_()  # 1x1, dilated set
+        chunk = max(256, _CHUNK_BYTES // (rows.shape[1] * rows.element_size()))
+        for start in range(0, dilated.numel(), chunk):  # 1x1 on the dilated set
+            part = dilated[start:start + chunk]
+            torch.addmm(unit.conv1.bias, rows[part], unit.w1, out=y[start:start + part.numel()]).relu_()
         y[-1] = 0  # the 3x3 convolution's zero padding
         chunk = max(256, _CHUNK_BYTES // (9 * unit.bottleneck * rows.element_size()))
         for start in range(0, active.numel(), chunk):
-            taps = neighbour_rows[start:start + chunk]
-            columns = y[taps].flatten(1)  # im2col of the 3x3 taps
+            positions = active if chunk >= active.numel() else active[start:start + chunk]
+            columns = y[neighbour_rows[start:start + chunk]].flatten(1)  # im2col of the 3x3 taps
             z = torch.addmm(unit.conv2.bias, columns, unit.w2).relu_()
-            old = inputs[taps[:, 4]]  # the residual: the unit's input at the position itself
+            old = rows[positions]  # the residual: the unit's input at the position itself
             new = torch.addmm(unit.conv3.bias, z, unit.w3).add_(old).relu_()
-            changes(active if chunk >= active.numel() else active[start:start + chunk], new, old)
+            changes(positions, new, old, offset=start)
 
     def _tiled_unit(self, unit: FoldedUnit, rows, windows, outside, is_active, changes):
         """Dense convolutions on gathered ``(k + 2)^2`` windows (one-position halo),
@@ -275,12 +278,17 @@ class SparseStageExecutor:
                 is_active[active] = True
                 computed_masks.append(is_active[:num].view(batch, 1, height, width))
 
-                fresh: List[Tuple[torch.Tensor, torch.Tensor]] = []  # this unit's new rows, if small
+                # This unit's new rows as (offset in ``active``, rows), while they are
+                # consecutive slices of ``active`` and fit in _KEEP_BYTES; else None.
+                fresh: Optional[List[Tuple[int, torch.Tensor]]] = []
 
-                def changes(positions, new, old):
-                    """Writes new rows; keeps the pooled sums and the tap products current."""
-                    if positions.numel() * channels * 4 <= _KEEP_BYTES:
-                        fresh.append((positions, new))
+                def changes(positions, new, old, offset=None):
+                    """Writes new rows; keeps the pooled sums and the tap products current.
+                    ``offset``: ``positions`` is ``active[offset:offset + len(positions)]``."""
+                    nonlocal fresh
+                    if fresh is not None:
+                        kept = sum(r.numel() for _, r in fresh) + new.numel()
+                        fresh = fresh + [(offset, new)] if offset is not None and kept * 4 <= _KEEP_BYTES else None
                     if batch == 1:
                         pooled_sum[0] += new.float().sum(0) - old.float().sum(0)
                     else:
@@ -333,7 +341,7 @@ class SparseStageExecutor:
             else:
                 score = torch.ones(active.numel(), device=device)  # h^L = 1, eq. (5)
             step = act_step(cumulative[active], remainder[active], score, stage.eps)  # lines 18-34
-            self._accumulate(output, rows, active, step.weight, num, fresh if index > 0 else [])
+            self._accumulate(output, rows, active, step.weight, num, fresh if index > 0 else None)
             ponder[active] += step.ponder_increment
             num_units[active] += 1
             remainder[active] = step.remainder
@@ -347,13 +355,15 @@ class SparseStageExecutor:
     @staticmethod
     def _accumulate(output, rows, active, weight, num, fresh):
         """output += p^l x^l at the active rows (eq. 10); whole map when all are
-        active; from the unit's own new rows when they were kept (in the order of
-        ``active``: one perforated chunk), else gathered in chunks."""
+        active; from the unit's own new rows when they were kept (``fresh``: all
+        of ``active`` in slices), else gathered in chunks."""
         if active.numel() == num:
             output.addcmul_(rows[:num], weight[:, None])
             return
-        if len(fresh) == 1 and fresh[0][0] is active:
-            output.index_add_(0, active, fresh[0][1].float().mul_(weight[:, None]))
+        if fresh and sum(r.shape[0] for _, r in fresh) == active.numel():
+            for offset, new in fresh:
+                end = offset + new.shape[0]
+                output.index_add_(0, active[offset:end], new.float().mul_(weight[offset:end, None]))
             return
         chunk = max(256, _CHUNK_BYTES // (rows.shape[1] * 4))
         for start in range(0, active.numel(), chunk):

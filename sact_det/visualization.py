@@ -126,8 +126,8 @@ class PonderVisualization:
         right.imshow(self.image)
         heat = right.imshow(self.ponder_map, cmap=cmap, vmin=vmin, vmax=vmax, alpha=0.6,
                             interpolation="nearest")
-        right.set_title(f"ponder cost: min {self.ponder_map.min():.2f}, max {self.ponder_map.max():.2f}, "
-                        f"FLOPs {self.sact['flops_pct']:.0f}% of dense", fontsize=9)
+        right.set_title(f"ponder cost: min {self.ponder_map.min():.2f}, max {self.ponder_map.max():.2f}\n"
+                        f"feature extractor FLOPs: {self.sact['flops_pct']:.0f}% of dense", fontsize=9)
         fig.colorbar(heat, ax=right, fraction=0.046, pad=0.02).set_label("ponder cost")
         for ax in (left, right):
             ax.axis("off")

@@ -82,6 +82,21 @@ def test_perforated_equals_dense(bias, label):
         assert (border > 1).any()  # active positions on the image border
 
 
+@pytest.mark.parametrize("keep_bytes", [0, 1 << 30])
+def test_perforated_in_many_chunks(monkeypatch, keep_bytes):
+    """Chunked gathers and the chunked output accumulation (large maps in
+    practice), with and without the new rows kept for the accumulation."""
+    import sact_det.sparse as sparse_module
+
+    monkeypatch.setattr(sparse_module, "_CHUNK_BYTES", 1)  # the minimum: 256 rows per chunk
+    monkeypatch.setattr(sparse_module, "_KEEP_BYTES", keep_bytes)
+    stage = make_stage(spatial_std=0.5, seed=5)
+    x = torch.randn(2, 16, 64, 60)
+    dense = stage(x)
+    assert max(int(m.sum()) for m in dense.computed_masks) > 256  # several chunks
+    assert_same(dense, SparseStageExecutor(stage, "perforated", max_active=2.0)(x, None))
+
+
 def test_perforated_with_padded_batch_and_different_active_sets():
     stage = make_stage(spatial_std=0.5, seed=3)
     valid = torch.zeros(3, 1, 11, 13, dtype=torch.bool)
