@@ -204,18 +204,29 @@ class SparseStageExecutor:
 
     def _tiled_unit(self, unit: FoldedUnit, rows, windows, outside, is_active, changes):
         """Dense convolutions on gathered ``(k + 2)^2`` windows (one-position halo),
-        kept at the active positions of the tiles' k x k interiors."""
-        tiles, side = windows.shape[0], self.stage.tile_size + 2
-        y = torch.addmm(unit.conv1.bias, rows[windows.flatten()], unit.w1).relu_()
+        kept at the active positions of the tiles' k x k interiors. As in
+        :meth:`_perforated_unit`, conv1 reads every window first; then chunks of
+        tiles, whose interiors are disjoint, are finished and written back."""
+        tiles, k = windows.shape[0], self.stage.tile_size
+        side, channels = k + 2, rows.shape[1]
+        gathered = windows.flatten()
+        y = rows.new_empty((gathered.numel(), unit.bottleneck))
+        chunk = max(256, _CHUNK_BYTES // (channels * rows.element_size()))
+        for start in range(0, gathered.numel(), chunk):  # 1x1 on the windows, gathers chunked
+            part = gathered[start:start + chunk]
+            torch.addmm(unit.conv1.bias, rows[part], unit.w1, out=y[start:start + part.numel()]).relu_()
         y[outside.flatten()] = 0  # outside the map: the 3x3 convolution's zero padding
         y = y.view(tiles, side, side, -1).permute(0, 3, 1, 2)  # channels-last NCHW view
-        z = F.relu_(F.conv2d(y, unit.conv2.weight, unit.conv2.bias))  # valid 3x3 -> k x k
-        z = z.permute(0, 2, 3, 1).reshape(-1, unit.bottleneck)
-        positions = windows.view(tiles, side, side)[:, 1:-1, 1:-1].reshape(-1)
-        keep = is_active[positions]
-        z, positions = z[keep], positions[keep]
-        old = rows[positions]
-        changes(positions, torch.addmm(unit.conv3.bias, z, unit.w3).add_(old).relu_(), old)
+        interiors = windows.view(tiles, side, side)[:, 1:-1, 1:-1].reshape(tiles, -1)
+        chunk = max(1, _CHUNK_BYTES // (k * k * channels * rows.element_size()))
+        for start in range(0, tiles, chunk):
+            z = F.relu_(F.conv2d(y[start:start + chunk], unit.conv2.weight, unit.conv2.bias))  # valid: k x k
+            z = z.permute(0, 2, 3, 1).reshape(-1, unit.bottleneck)
+            positions = interiors[start:start + chunk].reshape(-1)
+            keep = is_active[positions]
+            positions = positions[keep]
+            old = rows[positions]
+            changes(positions, torch.addmm(unit.conv3.bias, z[keep], unit.w3).add_(old).relu_(), old)
 
     @staticmethod
     def _act_unit(unit: FoldedUnit, rows, images, is_active, batch, height, width, changes):

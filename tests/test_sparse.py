@@ -90,11 +90,12 @@ def test_perforated_in_many_chunks(monkeypatch, keep_bytes):
 
     monkeypatch.setattr(sparse_module, "_CHUNK_BYTES", 1)  # the minimum: 256 rows per chunk
     monkeypatch.setattr(sparse_module, "_KEEP_BYTES", keep_bytes)
-    stage = make_stage(spatial_std=0.5, seed=5)
     x = torch.randn(2, 16, 64, 60)
-    dense = stage(x)
-    assert max(int(m.sum()) for m in dense.computed_masks) > 256  # several chunks
-    assert_same(dense, SparseStageExecutor(stage, "perforated", max_active=2.0)(x, None))
+    for tile_size, execution in ((1, "perforated"), (4, "tiled")):
+        stage = make_stage(spatial_std=0.5, seed=5, tile_size=tile_size)
+        dense = stage(x)
+        assert max(int(m.sum()) for m in dense.computed_masks) > 256  # several chunks
+        assert_same(dense, SparseStageExecutor(stage, execution, max_active=2.0)(x, None))
 
 
 def test_perforated_with_padded_batch_and_different_active_sets():
