@@ -28,7 +28,7 @@ from detectron2.modeling.backbone.resnet import build_resnet_backbone
 from .data.synthetic import render_image
 
 __all__ = ["Row", "benchmark_image", "set_halting_profile", "calibrate", "paired_time_ms", "peak_memory_mb",
-           "run_benchmark", "markdown_table", "machine_description", "rows_as_dicts"]
+           "run_benchmark", "markdown_table", "machine_description", "rows_as_dicts", "profile_point"]
 
 
 @dataclass
@@ -283,6 +283,49 @@ def run_benchmark(cfg, sizes: Sequence[Tuple[int, int]], points: Sequence[Option
         prepare()
         row.peak_mem_mb = peak_memory_mb(fn, x)
     return rows
+
+
+@torch.no_grad()
+def profile_point(cfg, height: int, width: int, target_pct: float, execution: str = "perforated",
+                  repeats: int = 3) -> str:
+    """Where the time goes at one operating point: each block's active share per
+    unit, per-block latency (min of ``repeats``) beside Detectron2's blocks, and
+    PyTorch's profiler table of the SACT feature extractor."""
+    device = torch.device(cfg.MODEL.DEVICE)
+    _, sact, reference = _build(cfg, device, torch.float32)
+    x = benchmark_image(cfg, height, width).to(device)
+    set_halting_profile(sact, x)
+    sact.execution = "perforated"
+    _, reached = calibrate(sact, x, target_pct)
+    sact.execution = execution
+    lines = [f"{height}x{width}, SACT {execution} at {reached:.1f}% of dense FLOPs"]
+    _, outputs = sact.forward_with_sact(x, [(height, width)])
+    for name, out in outputs.items():
+        shares = " ".join(f"{float(m.float().mean()):.2f}" for m in out.computed_masks)
+        lines.append(f"  {name}: mean units {float(out.num_units_map.float().mean()):.2f}; "
+                     f"active share of units 2, 3, ...: {shares}")
+    executor = sact._sparse_executor() if execution != "dense" else None
+    sact_blocks = [("stem", executor.stem if executor else sact.stem)] + [
+        (name, lambda h, i=index, stage=stage: (executor.stages[i] if executor else stage)(h, None).features)
+        for index, (name, stage) in enumerate(zip(sact.stage_names, sact.stages))]
+    reference_blocks = [("stem", reference.stem)] + [
+        (name, getattr(reference, name)) for name in sact.stage_names]
+    for label, blocks in (("SACT", sact_blocks), ("detectron2", reference_blocks)):
+        times = {}
+        for _ in range(repeats):
+            h = x
+            for name, block in blocks:
+                start = time.perf_counter()
+                h = block(h)
+                if h.is_cuda:
+                    torch.cuda.synchronize()
+                times.setdefault(name, []).append(1000 * (time.perf_counter() - start))
+        lines.append(f"  {label} block latency (ms, min of {repeats}): " +
+                     ", ".join(f"{name} {min(t):.1f}" for name, t in times.items()))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        sact.forward_with_sact(x, [(height, width)])
+    lines.append(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+    return "\n".join(lines)
 
 
 def _raw_image(cfg, x):

@@ -6,6 +6,7 @@ side by side in one run, same weights, at controlled shares of dense FLOPs.
     python tools/benchmark.py --sizes 600x800 800x1333 --executions dense perforated tiled
     python tools/benchmark.py --device cuda --half             # GPU, fp16
     python tools/benchmark.py --config-file CFG --weights model_final.pth --points trained
+    python tools/benchmark.py --profile 56                      # where the time goes at 56 %
 
 Prints one line per configuration and, with --markdown, a table for BENCHMARKS.md.
 """
@@ -19,7 +20,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from sact_det.benchmark import machine_description, markdown_table, rows_as_dicts, run_benchmark  # noqa: E402
+from sact_det.benchmark import (  # noqa: E402
+    machine_description, markdown_table, profile_point, rows_as_dicts, run_benchmark)
 from sact_det.config import get_sact_cfg  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,6 +45,9 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--detector", action="store_true",
                         help="also time the whole detector (Detectron2's Faster R-CNN R-C4 vs SACT)")
+    parser.add_argument("--profile", type=float, metavar="PCT",
+                        help="instead of the table: per-block latency and profiler table at PCT %% FLOPs "
+                             "(first size, first execution other than dense)")
     parser.add_argument("--json", help="write the rows to this file")
     parser.add_argument("--markdown", action="store_true", help="print a markdown table at the end")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides")
@@ -59,6 +64,10 @@ def main(argv=None):
     dtype = torch.float16 if args.half else torch.bfloat16 if args.bf16 else torch.float32
     print(f"# {date.today()} | torch {torch.__version__} | {machine_description(torch.device(args.device))} | "
           f"{dtype} | config {os.path.relpath(args.config_file, ROOT)}")
+    if args.profile is not None:
+        execution = next((e for e in args.executions if e != "dense"), "dense")
+        print(profile_point(cfg, *sizes[0], args.profile, execution))
+        return
     rows = run_benchmark(cfg, sizes, points, args.executions, args.tile_size, args.warmup, args.repeats,
                          dtype=dtype, detector=args.detector)
     if args.json:
