@@ -36,7 +36,7 @@ from .flops import conv_output_size, dense_unit_flops, perforated_unit_flops
 
 __all__ = ["fold_conv_norm", "FoldedConv", "FoldedUnit", "SparseStageExecutor", "SparseBackboneExecutor"]
 
-_CHUNK_BYTES = 8 << 20  # im2col chunk of the perforated 3x3 convolution (bounds memory)
+_CHUNK_BYTES = 8 << 20  # gathered rows (im2col, conv1 inputs) per chunk: bounds the extra memory
 _KEEP_BYTES = 8 << 20  # a unit's new rows kept, in all, for the output accumulation (else gathered again)
 
 
