@@ -216,6 +216,11 @@ def run_benchmark(cfg, sizes: Sequence[Tuple[int, int]], points: Sequence[Option
     """All rows, Detectron2's dense backbone (and detector) first for each size.
     ``points`` of None keep the halting of the loaded weights (a trained model).
     Latencies are measured first; peak memory afterwards, row by row."""
+    if detector and dtype != torch.float32:
+        # Detectron2's proposal and NMS code mixes the model's dtype with float32
+        # boxes, and fails on a model cast to half precision.
+        raise ValueError("the whole-detector comparison runs in float32 only: drop --detector "
+                         "or --half/--bf16")
     device = torch.device(cfg.MODEL.DEVICE)
     model, sact, reference = _build(cfg, device, dtype)
     tiled = None

@@ -1,6 +1,7 @@
 """The benchmark tool's machinery (not its timings): operating points, rows, memory."""
 import math
 
+import pytest
 import torch
 
 from sact_det.benchmark import (_build, benchmark_image, calibrate, flops_pct, peak_memory_mb, profile_point,
@@ -51,3 +52,9 @@ def test_profile_names_every_block():
     text = profile_point(tiny_cfg(), 96, 128, 50.0, repeats=1)
     for name in ("res2", "res3", "res4", "stem", "aten::"):
         assert name in text
+
+
+def test_detector_in_half_precision_is_refused_with_a_reason():
+    with pytest.raises(ValueError, match="float32 only"):
+        run_benchmark(tiny_cfg(), [(96, 128)], [50.0], ["perforated"], tile_size=4, warmup=0, repeats=1,
+                      dtype=torch.bfloat16, detector=True, log=lambda line: None)

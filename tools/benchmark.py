@@ -47,7 +47,7 @@ def parse_args(argv=None):
                         help="also time the whole detector (Detectron2's Faster R-CNN R-C4 vs SACT)")
     parser.add_argument("--profile", type=float, metavar="PCT",
                         help="instead of the table: per-block latency and profiler table at PCT %% FLOPs "
-                             "(first size, first execution other than dense)")
+                             "(float32, first size, first execution other than dense)")
     parser.add_argument("--json", help="write the rows to this file")
     parser.add_argument("--markdown", action="store_true", help="print a markdown table at the end")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides")
@@ -68,8 +68,11 @@ def main(argv=None):
         execution = next((e for e in args.executions if e != "dense"), "dense")
         print(profile_point(cfg, *sizes[0], args.profile, execution))
         return
-    rows = run_benchmark(cfg, sizes, points, args.executions, args.tile_size, args.warmup, args.repeats,
-                         dtype=dtype, detector=args.detector)
+    try:
+        rows = run_benchmark(cfg, sizes, points, args.executions, args.tile_size, args.warmup, args.repeats,
+                             dtype=dtype, detector=args.detector)
+    except ValueError as e:  # a combination of options that cannot run: say which
+        sys.exit(f"error: {e}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "rows": rows_as_dicts(rows)}, f, indent=1)
