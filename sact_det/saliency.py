@@ -83,13 +83,17 @@ def center_baseline(height: int, width: int, relative_std: float = 0.25) -> np.n
     return np.exp(-0.5 * (ys[:, None] ** 2 + xs[None, :] ** 2))
 
 
+def _normalised_blur(ponder: np.ndarray, sigma: float) -> np.ndarray:
+    """Eqs. (15)-(17): min-max normalised, blurred by a Gaussian of std ``sigma``."""
+    span = float(ponder.max() - ponder.min())
+    normalised = (ponder - ponder.min()) / span if span > 0 else np.zeros_like(ponder, dtype=np.float64)
+    return cv2.GaussianBlur(normalised.astype(np.float64), (0, 0), sigma) if sigma > 0 else normalised
+
+
 def postprocess(ponder: np.ndarray, sigma: float, gamma: float) -> np.ndarray:
     """Eqs. (15)-(18): ``normalise(ponder)`` blurred by a Gaussian of std
     ``sigma`` (pixels of ``ponder``), plus ``gamma`` times the centre baseline."""
-    span = float(ponder.max() - ponder.min())
-    normalised = (ponder - ponder.min()) / span if span > 0 else np.zeros_like(ponder, dtype=np.float64)
-    blurred = cv2.GaussianBlur(normalised.astype(np.float64), (0, 0), sigma) if sigma > 0 else normalised
-    return blurred + gamma * center_baseline(*ponder.shape)
+    return _normalised_blur(ponder, sigma) + gamma * center_baseline(*ponder.shape)
 
 
 def load_fixations(path: str) -> np.ndarray:
@@ -221,11 +225,13 @@ def evaluate_cat2000(ponder_fn: Callable[[np.ndarray], np.ndarray], root: str,
     validation = {c: items[len(items) // 2:] for c, items in by_category.items()}
     if not tuning:
         raise ValueError("every category needs at least 2 usable images (first half tunes s and gamma)")
+    baseline = center_baseline(height, width)  # every map is at ``size``
     best = (-1.0, None, None)
     for sigma in sigmas:
+        blurred = [_normalised_blur(p.ponder, sigma) for p in tuning]  # the same for every gamma
         for gamma in gammas:
-            auc = float(np.mean([_auc_at_fixation_size(postprocess(p.ponder, sigma, gamma), p.fixations)
-                                 for p in tuning]))
+            auc = float(np.mean([_auc_at_fixation_size(b + gamma * baseline, p.fixations)
+                                 for b, p in zip(blurred, tuning)]))
             if auc > best[0]:
                 best = (auc, sigma, gamma)
     result.tuning_auc, result.sigma, result.gamma = best
@@ -234,7 +240,7 @@ def evaluate_cat2000(ponder_fn: Callable[[np.ndarray], np.ndarray], root: str,
         sact, center = [], []
         for p in items:
             s = _auc_at_fixation_size(postprocess(p.ponder, result.sigma, result.gamma), p.fixations)
-            c = _auc_at_fixation_size(center_baseline(height, width), p.fixations)
+            c = _auc_at_fixation_size(baseline, p.fixations)
             sact.append(s)
             center.append(c)
             result.images.append({"category": category, "stimulus": p.image.stimulus,
