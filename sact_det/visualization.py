@@ -78,6 +78,14 @@ class SACTPredictor:
         tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1))).float()
         return self.model([{"image": tensor, "height": height, "width": width}])[0]
 
+    def ponder_output(self, image_rgb: np.ndarray, resize: bool = True) -> dict:
+        """The output of :meth:`__call__` for callers that need the ponder maps:
+        a clear error when the model has none."""
+        output = self(image_rgb, resize)
+        if output["sact"]["ponder_maps"] is None:
+            raise ValueError("the model is not adaptive (MODEL.SACT.TYPE none): it has no ponder cost maps")
+        return output
+
 
 def colorize(value_map: np.ndarray, vmin: float, vmax: float, cmap: str = DEFAULT_CMAP) -> np.ndarray:
     """``uint8 [H, W, 3]``: values mapped linearly from [vmin, vmax] onto the colour map."""
@@ -155,10 +163,8 @@ class PonderVisualization:
 def visualize(predictor: SACTPredictor, image) -> PonderVisualization:
     """Runs the model on an image (path or RGB array) and returns its maps."""
     image = read_image_rgb(image) if isinstance(image, str) else np.asarray(image)
-    output = predictor(image)
+    output = predictor.ponder_output(image)
     sact = output["sact"]
-    if sact["ponder_maps"] is None:
-        raise ValueError("the model is not adaptive (MODEL.SACT.TYPE none): it has no ponder cost maps")
     size = tuple(image.shape[:2])
     input_size = tuple(sact["image_size"])
     strides = predictor.model.backbone.stage_strides

@@ -135,3 +135,11 @@ def test_python_api_returns_maps_at_image_resolution(predictor, image_dir):
     # The total map is the sum of the block maps (nearest resizing keeps cells aligned).
     assert np.allclose(vis.ponder_map, sum(vis.block_maps.values()), atol=1e-5)
     plt.close("all")
+
+
+def test_non_adaptive_model_has_no_ponder_maps():
+    dense = SACTPredictor(tiny_cfg(config="synthetic/dense_tiny.yaml"))
+    image = np.zeros((64, 80, 3), np.uint8)
+    assert "instances" in dense(image)  # detections work
+    with pytest.raises(ValueError, match="not adaptive"):
+        visualize(dense, image)

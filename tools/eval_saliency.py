@@ -54,10 +54,7 @@ def main(argv=None) -> int:
     predictor = SACTPredictor(cfg)
 
     def ponder(rgb):
-        sact = predictor(rgb, resize=False)["sact"]
-        if sact["ponder_map"] is None:
-            raise ValueError("the model is not adaptive (MODEL.SACT.TYPE none): it has no ponder maps")
-        return sact["ponder_map"].numpy()
+        return predictor.ponder_output(rgb, resize=False)["sact"]["ponder_map"].numpy()
 
     result = evaluate_cat2000(ponder, args.cat2000, tuple(args.size), args.sigmas, args.gammas,
                               progress=tqdm)
