@@ -13,8 +13,8 @@ Two equivalent forms are provided:
 * :class:`HaltingState` is the incremental form of Algorithms 1 and 2: it is
   updated once per residual unit, so a block never stores all unit outputs and
   can stop as soon as every position has halted. With a single position per
-  image it is ACT (Alg. 1); with one position per feature-map cell it is SACT
-  (Alg. 2).
+  image (or per proposal) it is ACT (Alg. 1); with one position per
+  feature-map cell it is SACT (Alg. 2).
 """
 from dataclasses import dataclass
 from typing import NamedTuple, Optional
@@ -94,11 +94,12 @@ def act_step(cumulative_score: torch.Tensor, remainder: torch.Tensor, halting_sc
 class HaltingState:
     """Per-position state of Algorithm 2 (lines 3-9), updated once per unit.
 
-    Positions are the cells of a ``[B, 1, H, W]`` map. For ACT the halting
-    score of an image is broadcast over its cells, which makes every cell of an
-    image halt together (Alg. 1). Cells that start inactive (padding added to
-    batch images of different sizes) never contribute: their output, ponder
-    cost and unit count stay zero.
+    The one implementation of the algorithm's bookkeeping: the dense masked
+    blocks (training and ``EXECUTION dense``), the sparse executors and the
+    ACT box head all update it. Positions are the elements of a tensor of any
+    shape ``S``: the cells of a ``[B, 1, H, W]`` map for SACT, one per image or
+    per proposal for ACT (Alg. 1). Positions that start inactive (padding of
+    batched images) never contribute: their ponder cost and unit count stay zero.
 
     All bookkeeping is float32 so that mixed-precision training does not round
     the cumulative sums that decide halting (eq. 7).
@@ -107,7 +108,7 @@ class HaltingState:
     def __init__(self, active: torch.Tensor, eps: float = 0.01):
         """
         Args:
-            active: bool ``[B, 1, H, W]``, the positions that take part (Alg. 2 line 4).
+            active: bool, shape ``S``: the positions that take part (Alg. 2 line 4).
             eps: the epsilon of eq. (7).
         """
         _check_eps(eps)
@@ -118,31 +119,50 @@ class HaltingState:
         self.remainder = torch.ones_like(zeros)  # R, line 6
         self.ponder_cost = zeros  # rho, line 8
         self.num_units = torch.zeros(active.shape, dtype=torch.int32, device=active.device)
-        self.output: Optional[torch.Tensor] = None  # line 7
 
-    def update(self, x: torch.Tensor, halting_score: Optional[torch.Tensor]) -> None:
-        """Lines 18-34 of Alg. 2 for one residual unit.
+    def update(self, halting_score: Optional[torch.Tensor],
+               positions: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Lines 18-34 of Alg. 2 for one residual unit; returns the weights
+        ``p^l`` of the unit's output in the block output (eq. 10).
 
-        Args:
-            x: ``[B, C, H, W]`` state after the unit; inactive positions must
-                already hold their previous value (lines 13-16).
-            halting_score: ``h^l`` broadcastable to ``[B, 1, H, W]``, or None for
-                the last unit of the block (``h^L = 1``, eq. 5).
+        Two forms of the same update:
+
+        * ``positions`` None (masked, differentiable): ``halting_score``
+          broadcasts to ``S``; the returned weights have shape ``S`` and are zero
+          at inactive positions.
+        * ``positions``: flat indices (into ``S`` flattened) of the currently
+          active positions, in any order; ``halting_score`` has one value per
+          index and so do the returned weights. Used by the sparse executors,
+          which only evaluate the active positions.
+
+        ``halting_score`` None is the last unit of a block (``h^L = 1``, eq. 5).
         """
         active = self.active
-        if halting_score is None:
-            h = torch.ones_like(self.cumulative_score)
-        else:
-            h = halting_score.float().expand_as(self.cumulative_score)
-        step = act_step(self.cumulative_score, self.remainder, h, self.eps)
-        zero = torch.zeros_like(h)
-        contribution = torch.where(active, step.weight, zero) * x  # eq. (10), float32
-        self.output = contribution if self.output is None else self.output + contribution
-        self.ponder_cost = self.ponder_cost + torch.where(active, step.ponder_increment, zero)
-        self.num_units = self.num_units + active.int()
-        self.remainder = torch.where(active, step.remainder, self.remainder)
-        self.cumulative_score = torch.where(active, step.cumulative_score, self.cumulative_score)
-        self.active = active & step.continuing
+
+        def read(t):
+            return t if positions is None else t.reshape(-1)[positions]
+
+        def write(t, new):  # new values at the active positions, the old ones elsewhere
+            if positions is None:
+                return torch.where(active, new, t)
+            return t.reshape(-1).index_put((positions,), new).view(t.shape)
+
+        shape = self.cumulative_score.shape if positions is None else positions.shape
+        h = (torch.ones(shape, device=self.active.device) if halting_score is None
+             else halting_score.float().expand(shape))
+        step = act_step(read(self.cumulative_score), read(self.remainder), h, self.eps)
+        self.ponder_cost = write(self.ponder_cost, read(self.ponder_cost) + step.ponder_increment)
+        self.num_units = write(self.num_units, read(self.num_units) + 1)
+        self.remainder = write(self.remainder, step.remainder)
+        self.cumulative_score = write(self.cumulative_score, step.cumulative_score)
+        self.active = write(self.active, step.continuing)
+        if positions is None:
+            return torch.where(active, step.weight, torch.zeros_like(step.weight))
+        return step.weight
+
+    def active_positions(self) -> torch.Tensor:
+        """Flat indices of the active positions (for the ``positions`` form of :meth:`update`)."""
+        return torch.nonzero(self.active.reshape(-1)).squeeze(1)
 
     @property
     def all_halted(self) -> bool:

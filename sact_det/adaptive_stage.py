@@ -13,6 +13,12 @@ paper's and every parameter takes part in every step (DistributedDataParallel
 needs no unused-parameter search). At inference the block stops as soon as all
 positions have halted (Alg. 2 line 11); sparse executors that skip the work at
 inactive positions are in :mod:`sact_det.sparse`.
+
+Batched images of different sizes are padded (bottom and right). Padded
+positions are held at zero after every unit, and inside a unit after its first
+convolution, so the 3x3 convolutions read zeros there, exactly as they read
+their own zero padding for an image alone: each image's features and ponder
+maps do not depend on what it is batched with.
 """
 import math
 from dataclasses import dataclass, field
@@ -20,11 +26,12 @@ from typing import List, Optional, Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from .act import HaltingState
-from .halting import HaltingBranch, tile_average
+from .halting import HaltingBranch, masked_global_average, tile_average
 
-__all__ = ["HALTING_TYPES", "StageOutput", "AdaptiveStage"]
+__all__ = ["HALTING_TYPES", "StageOutput", "AdaptiveStage", "run_unit", "subsample_valid"]
 
 HALTING_TYPES = ("sact", "act", "none")
 
@@ -47,17 +54,41 @@ class StageOutput:
     # FLOPs a sparse executor actually ran for the whole batch (sact_det.sparse).
     executed_flops: Optional[int] = None
 
-    def _mean_over_valid(self, value_map: torch.Tensor) -> torch.Tensor:
-        valid = self.valid[:, 0].to(value_map.dtype)
-        return (value_map * valid).sum(dim=(1, 2)) / valid.sum(dim=(1, 2)).clamp(min=1)
-
     def ponder_cost(self) -> torch.Tensor:
         """Per-image ponder cost of the block, ``[B]``: the mean over positions (Alg. 2 line 37)."""
-        return self._mean_over_valid(self.ponder_map)
+        return masked_global_average(self.ponder_map, self.valid[:, 0])
 
     def mean_units(self) -> torch.Tensor:
         """Per-image mean number of evaluated units, ``[B]``."""
-        return self._mean_over_valid(self.num_units_map.float())
+        return masked_global_average(self.num_units_map.float(), self.valid[:, 0])
+
+
+def subsample_valid(valid: Optional[torch.Tensor], stride: int) -> Optional[torch.Tensor]:
+    """The valid mask after a layer of ``stride``: output position i reads input
+    position ``stride * i``, so it is inside the image iff that one is (images
+    are padded at the bottom and right; this is ``ceil(size / stride)``)."""
+    return valid if valid is None or stride == 1 else valid[:, :, ::stride, ::stride]
+
+
+def run_unit(unit: nn.Module, x: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tensor:
+    """A Detectron2 ``BottleneckBlock`` on ``x`` whose padded positions are zero.
+
+    ``valid``: bool ``[B, 1, H, W]`` at the unit's *input* resolution, or None
+    (no padding: the unit's own forward). Otherwise the output of the first
+    convolution and of the unit are zeroed at padded positions, so that the
+    3x3 convolution and the next unit read zeros there, as their own zero
+    padding gives an image alone.
+    """
+    if valid is None:
+        return unit(x)
+    out_valid = subsample_valid(valid, unit.stride)
+    mid_valid = out_valid if unit.conv1.stride[0] == unit.stride else valid
+    out = F.relu(unit.conv1(x))
+    out = out * mid_valid.to(out.dtype)
+    out = unit.conv3(F.relu(unit.conv2(out)))
+    shortcut = unit.shortcut(x) if unit.shortcut is not None else x
+    out = F.relu(out + shortcut)
+    return out * out_valid.to(out.dtype)
 
 
 class AdaptiveStage(nn.Module):
@@ -109,24 +140,22 @@ class AdaptiveStage(nn.Module):
     def forward(self, x: torch.Tensor, valid: Optional[torch.Tensor] = None) -> StageOutput:
         """
         Args:
-            x: block input ``[B, C_in, H_in, W_in]``.
-            valid: bool ``[B, 1, H, W]`` at the block's *output* resolution, or
-                None when every position belongs to an image.
+            x: block input ``[B, C_in, H_in, W_in]``, zero at padded positions.
+            valid: bool ``[B, 1, H_in, W_in]``, the positions inside each image at
+                the block's *input* resolution, or None when no image is padded.
         """
         units = self.units
-        x = units[0](x)  # the first unit is always computed (Alg. 2, l = 1)
-        padded = valid is not None
-        if not padded:
-            valid = torch.ones((x.shape[0], 1) + x.shape[2:], dtype=torch.bool, device=x.device)
+        x = run_unit(units[0], x, valid)  # the first unit is always computed (Alg. 2, l = 1)
+        valid = subsample_valid(valid, units[0].stride)
+        valid_map = valid if valid is not None else torch.ones(
+            (x.shape[0], 1) + x.shape[2:], dtype=torch.bool, device=x.device)
         if not self.adaptive:
             for unit in units[1:]:
-                x = unit(x)
-            if padded:  # padding is zero, as in the adaptive blocks' output
-                x = x * valid.to(x.dtype)
-            return StageOutput(x, valid, valid[:, 0].int() * self.num_units)
+                x = run_unit(unit, x, valid)
+            return StageOutput(x, valid_map, valid_map[:, 0].int() * self.num_units)
 
-        state = HaltingState(valid, self.eps)
-        computed_masks = []
+        state = HaltingState(valid_map, self.eps)
+        output, computed_masks = None, []
         for index, unit in enumerate(units):
             if index > 0:
                 if not self.training and state.all_halted:
@@ -134,14 +163,15 @@ class AdaptiveStage(nn.Module):
                 if not self.training:
                     computed_masks.append(state.active)
                 # Lines 13-16: evaluate at active positions, copy elsewhere (Fig. 5).
-                x = torch.where(state.active, unit(x), x)
+                x = torch.where(state.active, run_unit(unit, x, valid), x)
             score = None  # h^L = 1 (eq. 5)
             if index < self.num_units - 1:
                 score = tile_average(self.halting[index](x, valid), self.tile_size, valid)
-            state.update(x, score)
+            contribution = state.update(score) * x  # eq. (10), float32
+            output = contribution if output is None else output + contribution
         return StageOutput(
-            features=state.output.to(x.dtype),
-            valid=valid,
+            features=output.to(x.dtype),
+            valid=valid_map,
             num_units_map=state.num_units[:, 0],
             ponder_map=state.ponder_cost[:, 0],
             computed_masks=computed_masks,

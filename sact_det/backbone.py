@@ -9,18 +9,19 @@ halting branches (``res{k}.halting.{l}.*``) are new.
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
+from torch import nn
+from torch.nn import functional as F
 
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from detectron2.modeling.backbone.resnet import BasicStem, BottleneckBlock, ResNet
 
-from .adaptive_stage import AdaptiveStage, StageOutput
+from .adaptive_stage import AdaptiveStage, StageOutput, subsample_valid
 from .config import UNITS_PER_DEPTH, units_per_block, validate_sact_config
-from .flops import dense_flops, stem_flops, stage_flops
-from .maps import total_ponder_map
+from .flops import dense_flops
 from .sparse import SparseBackboneExecutor
 
-__all__ = ["SACTResNet", "build_sact_resnet_backbone", "build_resnet_units"]
+__all__ = ["SACTResNet", "build_sact_resnet_backbone", "build_resnet_units", "padding_mask", "stem_forward"]
 
 STAGE_NAMES = ("res2", "res3", "res4")
 
@@ -46,6 +47,29 @@ def build_resnet_units(cfg, num_units: Sequence[int], image_channels: int = 3):
         ))
         in_channels, out_channels, bottleneck = out_channels, out_channels * 2, bottleneck * 2
     return stem, blocks
+
+
+def padding_mask(image_sizes: Optional[Sequence[Tuple[int, int]]], x: torch.Tensor) -> Optional[torch.Tensor]:
+    """Bool ``[B, 1, H, W]`` of the pixels of ``x`` inside each image (Detectron2
+    pads at the bottom and right), or None when no image is padded."""
+    if image_sizes is None or all(tuple(s) == tuple(x.shape[-2:]) for s in image_sizes):
+        return None
+    valid = torch.zeros((x.shape[0], 1) + tuple(x.shape[-2:]), dtype=torch.bool, device=x.device)
+    for index, (h, w) in enumerate(image_sizes):
+        valid[index, :, :h, :w] = True
+    return valid
+
+
+def stem_forward(stem: nn.Module, x: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tensor:
+    """Detectron2's ``BasicStem`` (7x7 conv, ReLU, 3x3 max-pool), with padded
+    positions zeroed after the convolution and after the pool, so that the pool
+    and the first block see an image alone's borders (ReLU outputs are >= 0, so
+    a zero neighbour never wins the max)."""
+    if valid is None:
+        return stem(x)
+    x = F.relu_(stem.conv1(x)) * subsample_valid(valid, 2)
+    x = F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+    return x * subsample_valid(valid, stem.stride)
 
 
 class SACTResNet(Backbone):
@@ -117,19 +141,19 @@ class SACTResNet(Backbone):
         """Features plus each block's :class:`StageOutput`.
 
         Args:
-            x: ``[B, 3, H, W]`` normalised, padded images.
+            x: ``[B, 3, H, W]`` normalised images, zero-padded at the bottom and right.
             image_sizes: each image's (h, w) before padding; positions outside
-                an image are padding: they never compute, halt, or count.
+                an image are padding: they stay zero, never compute, halt, or count.
         """
         features, stage_outputs = {}, {}
+        valid = padding_mask(image_sizes, x)
         sparse = self._sparse_executor() if not self.training and self.execution != "dense" else None
-        x = sparse.stem(x) if sparse else self.stem(x)
-        stride = self.stem.stride
+        x = sparse.stem(x, valid) if sparse else stem_forward(self.stem, x, valid)
+        valid = subsample_valid(valid, self.stem.stride)
         for index, (name, stage) in enumerate(zip(self.stage_names, self.stages)):
-            stride *= stage.stride
-            valid = self._valid_mask(x.shape[0], image_sizes, stride, x.device)
             out = sparse.stages[index](x, valid) if sparse and stage.adaptive else stage(x, valid)
             x = out.features
+            valid = out.valid if valid is not None else None
             stage_outputs[name] = out
             if name in self._out_features:
                 features[name] = x
@@ -143,21 +167,6 @@ class SACTResNet(Backbone):
                                                   self.sparse_max_active)
         return self._sparse
 
-    @staticmethod
-    def _valid_mask(batch: int, image_sizes, stride: int, device) -> Optional[torch.Tensor]:
-        """Bool ``[B, 1, h, w]`` of the positions inside each image at ``stride``,
-        or None when no image is padded. Every stride-2 layer maps n -> ceil(n / 2)."""
-        if image_sizes is None:
-            return None
-        sizes = [(-(-h // stride), -(-w // stride)) for h, w in image_sizes]
-        height, width = max(s[0] for s in sizes), max(s[1] for s in sizes)
-        if all(s == (height, width) for s in sizes):
-            return None
-        valid = torch.zeros((batch, 1, height, width), dtype=torch.bool, device=device)
-        for index, (h, w) in enumerate(sizes):
-            valid[index, :, :h, :w] = True
-        return valid
-
     def dense_reference_flops(self, image_size: Tuple[int, int]) -> int:
         """FLOPs of the dense reference ResNet (MODEL.SACT.FLOPS_REFERENCE_DEPTH)
         feature extractor at ``image_size``: the denominator of "% of dense"."""
@@ -165,52 +174,6 @@ class SACTResNet(Backbone):
             stem, blocks = self._reference_units
             self._reference_flops[image_size] = dense_flops(stem, blocks, image_size)
         return self._reference_flops[image_size]
-
-    def image_summaries(self, stage_outputs: Dict[str, StageOutput],
-                        image_sizes: Sequence[Tuple[int, int]]) -> List[dict]:
-        """Per-image SACT outputs at inference (CPU values): FLOPs, ponder cost
-        and mean units per block, and ponder maps cropped to the image."""
-        sizes = [tuple(s) for s in image_sizes]
-        flops_per_block = {"stem": torch.tensor([stem_flops(self.stem, s)[0] for s in sizes])}
-        input_sizes = [stem_flops(self.stem, s)[1] for s in sizes]
-        ponder, units, map_sizes = {}, {}, {}
-        for name, stage in zip(self.stage_names, self.stages):
-            out = stage_outputs[name]
-            flops_per_block[name] = stage_flops(stage, out, input_sizes).cpu()
-            units[name] = out.mean_units().cpu()
-            if out.ponder_map is not None:
-                ponder[name] = out.ponder_cost().cpu()
-            input_sizes = [tuple(-(-n // stage.stride) for n in s) for s in input_sizes]
-            map_sizes[name] = input_sizes
-        summaries = []
-        for index, size in enumerate(sizes):
-            flops = {k: int(v[index]) for k, v in flops_per_block.items()}
-            total = sum(flops.values())
-            dense = self.dense_reference_flops(size)
-            summary = {
-                "image_size": size,
-                "flops": total,
-                "flops_per_block": flops,
-                "dense_flops": dense,
-                "flops_pct": 100.0 * total / dense,
-                "units_per_block": {k: float(v[index]) for k, v in units.items()},
-                "ponder_cost": None,
-                "ponder_cost_per_block": None,
-                "ponder_maps": None,
-                "ponder_map": None,  # on the finest block's grid, of stride ponder_map_stride
-                "ponder_map_stride": None,
-            }
-            if ponder:
-                per_block = {k: float(v[index]) for k, v in ponder.items()}
-                maps = {}
-                for name, stage_out in stage_outputs.items():
-                    h, w = map_sizes[name][index]
-                    maps[name] = stage_out.ponder_map[index, :h, :w].detach().cpu()
-                summary.update(ponder_cost=sum(per_block.values()), ponder_cost_per_block=per_block,
-                               ponder_maps=maps, ponder_map=total_ponder_map(list(maps.values())),
-                               ponder_map_stride=self._out_feature_strides[next(iter(maps))])
-            summaries.append(summary)
-        return summaries
 
 
 @BACKBONE_REGISTRY.register()

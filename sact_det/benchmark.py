@@ -26,6 +26,7 @@ from detectron2.modeling import build_backbone
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 
 from .data.synthetic import render_image
+from .report import build_reports
 
 __all__ = ["Row", "benchmark_image", "set_halting_profile", "calibrate", "paired_time_ms", "peak_memory_mb",
            "run_benchmark", "markdown_table", "machine_description", "rows_as_dicts", "profile_point"]
@@ -91,7 +92,7 @@ def _shift_bias(backbone, offset: float):
 def flops_pct(backbone, x: torch.Tensor) -> float:
     size = tuple(x.shape[-2:])
     _, outputs = backbone.forward_with_sact(x, [size])
-    return backbone.image_summaries(outputs, [size])[0]["flops_pct"]
+    return build_reports(backbone, outputs, [size])[0].flops_pct
 
 
 def calibrate(backbone, x: torch.Tensor, target_pct: float, steps: int = 14) -> Tuple[float, float]:

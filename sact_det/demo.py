@@ -14,7 +14,8 @@ from .config import fall_back_to_cpu, get_sact_cfg
 from .data import default_synthetic_root, ensure_synthetic
 from .data.synthetic import split_paths
 from .engine import main as train_and_evaluate
-from .visualization import SACTPredictor, visualize_files
+from .predictor import SACTPredictor
+from .visualization import visualize_files
 
 __all__ = ["DEMO_CONFIG", "run_demo"]
 

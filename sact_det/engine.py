@@ -16,7 +16,8 @@ import torch
 
 import detectron2.utils.comm as comm
 from detectron2.data import DatasetMapper, build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, default_setup, hooks
+from detectron2.engine import (AMPTrainer, DefaultTrainer, SimpleTrainer, default_argument_parser,
+                               default_setup, hooks, launch)
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, verify_results
 from detectron2.utils.events import EventWriter, get_event_storage
 from detectron2.utils.logger import setup_logger
@@ -26,7 +27,7 @@ from .config import fall_back_to_cpu, get_sact_cfg
 from .data import SYNTHETIC_SPLITS, check_datasets_exist, ensure_synthetic, register_synthetic
 from .evaluation import SACTEvaluator
 
-__all__ = ["SACTTrainer", "TrainingDivergedError", "setup", "main"]
+__all__ = ["SACTTrainer", "TrainingDivergedError", "setup", "main", "argument_parser", "launch_main"]
 
 logger = logging.getLogger("sact_det")
 
@@ -196,3 +197,15 @@ def main(args):
     trainer = SACTTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
+
+
+def argument_parser():
+    """Detectron2's ``tools/train_net.py`` arguments (``--config-file``,
+    ``--eval-only``, ``--resume``, ``--num-gpus``, ..., ``KEY VALUE`` overrides)."""
+    return default_argument_parser()
+
+
+def launch_main(args):
+    """:func:`main` in ``args.num_gpus`` processes per machine (Detectron2's ``launch``)."""
+    return launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+                  dist_url=args.dist_url, args=(args,))

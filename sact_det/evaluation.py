@@ -25,7 +25,7 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
 
-from .saliency import object_auc, object_mask
+from .metrics import object_auc, object_mask
 
 __all__ = ["SACTEvaluator", "summarize_records", "format_summary", "REPORT_FILE"]
 
@@ -123,17 +123,17 @@ class SACTEvaluator(DatasetEvaluator):
 
     def process(self, inputs, outputs):
         for inp, out in zip(inputs, outputs):
-            sact = out.get("sact")
-            if sact is None:
+            report = out.get("sact")
+            if report is None:
                 continue
-            record = {k: v for k, v in sact.items() if k not in ("ponder_maps", "ponder_map", "ponder_map_stride")}
+            record = report.record()
             record.update(image_id=inp.get("image_id"), file_name=inp.get("file_name"),
                           num_detections=len(out["instances"]) if "instances" in out else None,
                           object_auc=None)
-            objects = self._objects(inp.get("image_id")) if sact["ponder_map"] is not None else None
+            objects = self._objects(inp.get("image_id")) if report.adaptive else None
             if objects is not None and objects.any() and not objects.all():
-                record["object_auc"] = object_auc(sact["ponder_map"], objects, sact["image_size"],
-                                                  sact["ponder_map_stride"])
+                record["object_auc"] = object_auc(report.ponder_map, objects, report.image_size,
+                                                  report.ponder_map_stride)
             self._records.append(record)
 
     def evaluate(self):

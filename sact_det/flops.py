@@ -83,24 +83,24 @@ def perforated_unit_flops(unit: nn.Module, num_active, num_dilated):
             + conv_flops(unit.conv3, num_active))
 
 
-def halting_flops(branch: nn.Module, num_dilated):
+def halting_flops(branch: nn.Module, num_dilated, num_images=1):
     """FLOPs of a halting branch: the linear term on pooled features (once per
     image) plus, for SACT, the 3x3 one-channel convolution, computed as its nine
     per-tap products at the ``num_dilated`` positions that the active positions
     read (cheaper than gathering 3x3 x C patches per active position)."""
-    flops = 2 * branch.global_logit.in_features
+    flops = 2 * branch.global_logit.in_features * num_images
     if branch.spatial_logit is not None:
         flops = flops + conv_flops(branch.spatial_logit, num_dilated)
     return flops
 
 
-def dilate(mask: torch.Tensor) -> torch.Tensor:
-    """3x3 dilation of a bool ``[B, 1, H, W]`` mask, clipped to the map."""
-    return F.max_pool2d(mask.float(), 3, stride=1, padding=1) > 0
+def dilate(mask: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """3x3 dilation of a bool ``[B, 1, H, W]`` mask, within the images (``valid``)."""
+    return (F.max_pool2d(mask.float(), 3, stride=1, padding=1) > 0) & valid
 
 
 def stage_flops(stage: nn.Module, output, input_sizes: Sequence[Size]) -> torch.Tensor:
-    """Per-image FLOPs of one block, ``int64 [B]``.
+    """Per-image FLOPs of one block, ``int64 [B]``, counted inside each image only.
 
     Args:
         stage: an :class:`~sact_det.adaptive_stage.AdaptiveStage`.
@@ -115,10 +115,10 @@ def stage_flops(stage: nn.Module, output, input_sizes: Sequence[Size]) -> torch.
         return flops
     spatial = stage.halting_type == "sact"
     if stage.num_units > 1:  # halting after the first unit, at every image position
-        flops += halting_flops(stage.halting[0], dilate(output.valid).sum(dim=(1, 2, 3)))
+        flops += halting_flops(stage.halting[0], output.valid.sum(dim=(1, 2, 3)))
     for index, mask in enumerate(output.computed_masks, start=1):
         num_active = mask.sum(dim=(1, 2, 3))
-        num_dilated = dilate(mask).sum(dim=(1, 2, 3)) if spatial else num_active
+        num_dilated = dilate(mask, output.valid).sum(dim=(1, 2, 3)) if spatial else num_active
         flops += perforated_unit_flops(units[index], num_active, num_dilated)
         if index < stage.num_units - 1:
             image_active = (num_active > 0).long()  # the pooled term runs once per active image

@@ -13,17 +13,18 @@ from typing import Optional
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-__all__ = ["HaltingBranch", "masked_global_average", "tile_average"]
+__all__ = ["HaltingBranch", "masked_global_average", "tile_ids", "tile_mean", "tile_average"]
 
 
 def masked_global_average(x: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tensor:
-    """``pool(x)`` of eqs. (6) and (14): mean over the valid positions, ``[B, C]``."""
+    """``pool(x)`` of eqs. (6) and (14), and every other per-image mean of a map:
+    the mean of ``x`` ``[B, ..., H, W]`` over the valid positions (``valid`` bool,
+    broadcastable to ``x``; None: all), ``[B, ...]``."""
     if valid is None:
-        return x.mean(dim=(2, 3))
+        return x.mean(dim=(-2, -1))
     valid = valid.to(x.dtype)
-    return (x * valid).sum(dim=(2, 3)) / valid.sum(dim=(2, 3)).clamp(min=1)
+    return (x * valid).sum(dim=(-2, -1)) / valid.sum(dim=(-2, -1)).clamp(min=1)
 
 
 class HaltingBranch(nn.Module):
@@ -62,15 +63,36 @@ class HaltingBranch(nn.Module):
         return torch.sigmoid(logit)
 
 
+def tile_ids(batch: int, height: int, width: int, tile_size: int, device=None) -> torch.Tensor:
+    """The ``k x k`` tile of every position of a ``[B, 1, H, W]`` map, flattened:
+    int64 ``[B * H * W]``, tiles numbered image by image, row-major."""
+    tiles_h, tiles_w = -(-height // tile_size), -(-width // tile_size)
+    ids = torch.arange(batch * tiles_h * tiles_w, device=device).view(batch, tiles_h, tiles_w)
+    ids = ids.repeat_interleave(tile_size, 1).repeat_interleave(tile_size, 2)
+    return ids[:, :height, :width].reshape(-1)
+
+
+def tile_mean(scores: torch.Tensor, tiles: torch.Tensor, num_tiles: int) -> torch.Tensor:
+    """Halting scores shared within tiles (sec. 2.3, tiling): each score replaced
+    by the mean of the scores of its tile. ``scores`` float ``[N]``, ``tiles``
+    int64 ``[N]`` (< ``num_tiles``); differentiable."""
+    total = scores.new_zeros(num_tiles).index_add(0, tiles, scores)
+    count = scores.new_zeros(num_tiles).index_add(0, tiles, torch.ones_like(scores))
+    return (total / count.clamp(min=1))[tiles]
+
+
 def tile_average(score: torch.Tensor, tile_size: int, valid: Optional[torch.Tensor]) -> torch.Tensor:
-    """Halting scores shared within ``k x k`` tiles (sec. 2.3, tiling): each
-    tile's mean over its valid positions, broadcast back. ``[B, 1, H, W]``; a
-    per-image score (ACT) or ``k <= 1`` is returned unchanged."""
+    """:func:`tile_mean` on a ``[B, 1, H, W]`` score map: each tile's mean over
+    its valid positions, at those positions. A per-image score (ACT) or
+    ``k <= 1`` is returned unchanged."""
     if tile_size <= 1 or score.shape[-2:] == (1, 1):
         return score
-    height, width = score.shape[-2:]
-    weight = valid.to(score.dtype) if valid is not None else torch.ones_like(score)
-    total = F.avg_pool2d(score * weight, tile_size, ceil_mode=True, divisor_override=1)
-    count = F.avg_pool2d(weight, tile_size, ceil_mode=True, divisor_override=1).clamp(min=1)
-    mean = (total / count).repeat_interleave(tile_size, dim=2).repeat_interleave(tile_size, dim=3)
-    return mean[..., :height, :width]
+    batch, _, height, width = score.shape
+    tiles = tile_ids(batch, height, width, tile_size, score.device)
+    num_tiles = batch * -(-height // tile_size) * -(-width // tile_size)
+    flat = score.reshape(-1)
+    if valid is None:
+        return tile_mean(flat, tiles, num_tiles).view(score.shape)
+    inside = torch.nonzero(valid.reshape(-1)).squeeze(1)
+    shared = tile_mean(flat[inside], tiles[inside], num_tiles)
+    return flat.index_put((inside,), shared).view(score.shape)

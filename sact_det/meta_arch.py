@@ -8,6 +8,8 @@ from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from detectron2.structures import Instances
 from detectron2.utils.events import get_event_storage
 
+from .report import build_reports
+
 __all__ = ["SACTRCNN"]
 
 
@@ -18,10 +20,9 @@ class SACTRCNN(GeneralizedRCNN):
     Training adds ``loss_ponder = tau * mean_batch(sum_k rho_k)`` (eq. 13; tau
     acts on the feature extractor only, sec. 4.2) and logs each block's ponder
     cost and mean units to the event storage (``metrics.json``, TensorBoard).
-    Inference returns, next to ``"instances"``, a ``"sact"`` dict per image:
-    feature-extractor FLOPs (absolute, per block, % of dense), ponder cost and
-    mean units per block, and ponder cost maps (see
-    :meth:`sact_det.backbone.SACTResNet.image_summaries`).
+    Inference returns, next to ``"instances"``, a :class:`~sact_det.report.SACTReport`
+    per image as ``"sact"``: feature-extractor FLOPs (absolute, per block, % of
+    dense), ponder cost and mean units per block, and ponder cost maps.
     """
 
     @configurable
@@ -85,7 +86,6 @@ class SACTRCNN(GeneralizedRCNN):
         if not do_postprocess:
             return results
         processed = GeneralizedRCNN._postprocess(results, batched_inputs, images.image_sizes)
-        summaries = self.backbone.image_summaries(stage_outputs, images.image_sizes)
-        for output, summary in zip(processed, summaries):
-            output["sact"] = summary
+        for output, report in zip(processed, build_reports(self.backbone, stage_outputs, images.image_sizes)):
+            output["sact"] = report
         return processed

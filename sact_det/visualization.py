@@ -23,68 +23,20 @@ import matplotlib
 matplotlib.use("Agg")  # servers have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image, ImageOps  # noqa: E402
+from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from detectron2.data import MetadataCatalog  # noqa: E402
-from detectron2.data import transforms as T  # noqa: E402
-from detectron2.modeling import build_model  # noqa: E402
 from detectron2.utils.visualizer import Visualizer  # noqa: E402
 
-from .checkpoint import SACTCheckpointer  # noqa: E402
+from .data.images import is_image_file, read_image_rgb  # noqa: E402
 from .maps import map_to_image  # noqa: E402
+from .predictor import SACTPredictor  # noqa: E402
+from .report import SACTReport  # noqa: E402
 
-__all__ = ["SACTPredictor", "PonderVisualization", "read_image_rgb", "colorize", "visualize",
-           "expand_inputs", "visualize_files"]
+__all__ = ["PonderVisualization", "colorize", "visualize", "expand_inputs", "visualize_files"]
 
 DEFAULT_CMAP = "inferno"
 logger = logging.getLogger("sact_det")
-
-
-def read_image_rgb(path: str) -> np.ndarray:
-    """``uint8 [H, W, 3]`` RGB of any PIL-readable image: EXIF orientation
-    applied, grayscale expanded, transparency composited on white."""
-    with Image.open(path) as image:
-        image = ImageOps.exif_transpose(image)
-        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-            image = image.convert("RGBA")
-            background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-            image = Image.alpha_composite(background, image)
-        return np.asarray(image.convert("RGB"))
-
-
-class SACTPredictor:
-    """Detectron2's ``DefaultPredictor`` for SACT models: test-time resizing of
-    the config, weights loaded with :class:`SACTCheckpointer`, and the SACT
-    outputs returned with the detections."""
-
-    def __init__(self, cfg):
-        self.cfg = cfg.clone()
-        self.model = build_model(self.cfg).eval()
-        if cfg.MODEL.WEIGHTS:
-            SACTCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
-        self.resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
-        self.input_format = cfg.INPUT.FORMAT
-        self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")
-
-    @torch.no_grad()
-    def __call__(self, image_rgb: np.ndarray, resize: bool = True) -> dict:
-        """Model output for one RGB image: ``instances`` at its resolution and
-        ``sact``. ``resize=False`` feeds the image at its own size."""
-        image = image_rgb[:, :, ::-1] if self.input_format == "BGR" else image_rgb
-        height, width = image.shape[:2]
-        resized = self.resize.get_transform(image).apply_image(image) if resize else image
-        tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1))).float()
-        return self.model([{"image": tensor, "height": height, "width": width}])[0]
-
-    def ponder_output(self, image_rgb: np.ndarray, resize: bool = True) -> dict:
-        """The output of :meth:`__call__` for callers that need the ponder maps:
-        a clear error when the model has none."""
-        output = self(image_rgb, resize)
-        if output["sact"]["ponder_maps"] is None:
-            raise ValueError("the model is not adaptive (MODEL.SACT.TYPE none): it has no ponder cost maps")
-        return output
 
 
 def colorize(value_map: np.ndarray, vmin: float, vmax: float, cmap: str = DEFAULT_CMAP) -> np.ndarray:
@@ -100,7 +52,7 @@ class PonderVisualization:
 
     image: np.ndarray  # uint8 RGB [H, W, 3]
     instances: object  # detectron2 Instances, boxes in image coordinates
-    sact: dict  # the model's per-image SACT summary (FLOPs, ponder cost, units)
+    sact: SACTReport  # the model's per-image SACT report (FLOPs, ponder cost, units)
     ponder_map: np.ndarray  # float32 [H, W], total ponder cost (sum over blocks)
     block_maps: Dict[str, np.ndarray]  # float32 [H, W] per block
     metadata: object = None
@@ -135,7 +87,7 @@ class PonderVisualization:
         heat = right.imshow(self.ponder_map, cmap=cmap, vmin=vmin, vmax=vmax, alpha=0.6,
                             interpolation="nearest")
         right.set_title(f"ponder cost: min {self.ponder_map.min():.2f}, max {self.ponder_map.max():.2f}\n"
-                        f"feature extractor FLOPs: {self.sact['flops_pct']:.0f}% of dense", fontsize=9)
+                        f"feature extractor FLOPs: {self.sact.flops_pct:.0f}% of dense", fontsize=9)
         fig.colorbar(heat, ax=right, fraction=0.046, pad=0.02).set_label("ponder cost")
         for ax in (left, right):
             ax.axis("off")
@@ -164,19 +116,15 @@ def visualize(predictor: SACTPredictor, image) -> PonderVisualization:
     """Runs the model on an image (path or RGB array) and returns its maps."""
     image = read_image_rgb(image) if isinstance(image, str) else np.asarray(image)
     output = predictor.ponder_output(image)
-    sact = output["sact"]
+    report = output["sact"]
     size = tuple(image.shape[:2])
-    input_size = tuple(sact["image_size"])
     strides = predictor.model.backbone.stage_strides
-    block_maps = {name: map_to_image(m, input_size, size, strides[name])
-                  for name, m in sact["ponder_maps"].items()}
+    block_maps = {name: map_to_image(m, report.image_size, size, strides[name])
+                  for name, m in report.ponder_maps.items()}
     return PonderVisualization(
-        image=image, instances=output["instances"].to("cpu"), sact=sact,
-        ponder_map=map_to_image(sact["ponder_map"], input_size, size, sact["ponder_map_stride"]),
+        image=image, instances=output["instances"].to("cpu"), sact=report,
+        ponder_map=map_to_image(report.ponder_map, report.image_size, size, report.ponder_map_stride),
         block_maps=block_maps, metadata=predictor.metadata)
-
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
 
 def expand_inputs(inputs) -> Tuple[list, list]:
@@ -185,8 +133,7 @@ def expand_inputs(inputs) -> Tuple[list, list]:
     paths, failures = [], []
     for item in inputs:
         if os.path.isdir(item):
-            found = sorted(os.path.join(item, f) for f in os.listdir(item)
-                           if f.lower().endswith(IMAGE_EXTENSIONS))
+            found = sorted(os.path.join(item, f) for f in os.listdir(item) if is_image_file(f))
         elif os.path.isfile(item):
             found = [item]
         else:
@@ -202,12 +149,12 @@ def _record(path: str, vis: Optional[PonderVisualization], score_threshold: floa
             error: str = "") -> dict:
     record = {"file": path, "status": "error" if error else "ok", "error": error}
     if vis is not None:
-        sact = vis.sact
+        report = vis.sact
         record.update(height=vis.image.shape[0], width=vis.image.shape[1],
                       num_detections=int((vis.instances.scores >= score_threshold).sum()),
-                      ponder_cost=sact["ponder_cost"], flops=sact["flops"], flops_pct=sact["flops_pct"])
-        record.update({f"ponder_cost_{k}": v for k, v in sact["ponder_cost_per_block"].items()})
-        record.update({f"units_{k}": v for k, v in sact["units_per_block"].items()})
+                      ponder_cost=report.ponder_cost, flops=report.flops, flops_pct=report.flops_pct)
+        record.update({f"ponder_cost_{k}": v for k, v in report.ponder_cost_per_block.items()})
+        record.update({f"units_{k}": v for k, v in report.units_per_block.items()})
     return record
 
 

@@ -18,6 +18,16 @@ def test_math_module_is_pure_pytorch():
     assert "detectron2" not in imported and "torch" in imported
 
 
+def run(state, xs, scores, positions=None):
+    """Alg. 2 over units with outputs ``xs[l]`` and scores ``scores[l]`` (the
+    last unit has none); returns the block output, eq. (10)."""
+    output = 0
+    for index, x in enumerate(xs):
+        score = scores[index].unsqueeze(-1) if index < len(xs) - 1 else None
+        output = output + state.update(score) * x
+    return output
+
+
 def test_figure3_example():
     # Fig. 3: h^1 + h^2 + h^3 = 0.4, the fourth unit crosses 1 - eps.
     scores = torch.tensor([0.1, 0.1, 0.2, 0.9])  # L = 5 units, h^5 = 1
@@ -64,11 +74,9 @@ def test_incremental_state_equals_closed_form(shape):
     states = torch.randn((num_units,) + shape + (4,))  # x^l with a channel axis last
     closed = halting_distribution(scores)
     state = HaltingState(torch.ones(shape + (1,), dtype=torch.bool))
-    for index in range(num_units):
-        x = states[index]
-        state.update(x, scores[index].unsqueeze(-1) if index < num_units - 1 else None)
+    output = run(state, states, scores)
     expected_output = (closed.distribution.unsqueeze(-1) * states).sum(0)  # eq. (10)
-    assert torch.allclose(state.output, expected_output, atol=1e-6)
+    assert torch.allclose(output, expected_output, atol=1e-6)
     assert torch.allclose(state.ponder_cost[..., 0], closed.ponder_cost)
     assert torch.equal(state.num_units[..., 0].long(), closed.num_units)
     assert state.all_halted
@@ -79,9 +87,7 @@ def test_incremental_gradient_matches_closed_form():
     scores = (torch.rand(5, 6) * 0.5).requires_grad_()
     xs = torch.randn(6, 6, 3).requires_grad_()
     state = HaltingState(torch.ones(6, 1, dtype=torch.bool))
-    for index in range(6):
-        state.update(xs[index], scores[index].unsqueeze(-1) if index < 5 else None)
-    loss = state.output.pow(2).sum() + state.ponder_cost.sum()
+    loss = run(state, xs, scores).pow(2).sum() + state.ponder_cost.sum()
     grads = torch.autograd.grad(loss, [scores, xs])
     closed = halting_distribution(scores)
     loss_ref = (closed.distribution.unsqueeze(-1) * xs).sum(0).pow(2).sum() + closed.ponder_cost.sum()
@@ -94,9 +100,7 @@ def test_zero_scores_give_the_last_unit_output():
     # ACT with h^1..h^{L-1} = 0 is the plain ResNet block: output = x^L (sec. 2.2).
     xs = torch.randn(4, 2, 3)
     state = HaltingState(torch.ones(2, 1, dtype=torch.bool))
-    for index in range(4):
-        state.update(xs[index], torch.zeros(2, 1) if index < 3 else None)
-    assert torch.equal(state.output, xs[-1])
+    assert torch.equal(run(state, xs, torch.zeros(3, 2)), xs[-1])
     assert torch.equal(state.num_units, torch.full((2, 1), 4, dtype=torch.int32))
     assert torch.allclose(state.ponder_cost, torch.full((2, 1), 5.0))  # N + R = 4 + 1
 
@@ -104,9 +108,8 @@ def test_zero_scores_give_the_last_unit_output():
 def test_inactive_positions_contribute_nothing():
     active = torch.tensor([[True], [False]])
     state = HaltingState(active)
-    for index in range(3):
-        state.update(torch.ones(2, 5), torch.full((2, 1), 0.2) if index < 2 else None)
-    assert torch.allclose(state.output[0], torch.ones(5)) and torch.equal(state.output[1], torch.zeros(5))
+    output = run(state, torch.ones(3, 2, 5), torch.full((2, 2), 0.2))
+    assert torch.allclose(output[0], torch.ones(5)) and torch.equal(output[1], torch.zeros(5))
     assert state.ponder_cost[1].item() == 0 and state.num_units[1].item() == 0
 
 

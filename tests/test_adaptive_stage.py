@@ -124,10 +124,12 @@ def test_inference_stops_when_all_positions_halt_but_training_runs_every_unit():
 
 def test_padding_positions_never_compute_or_count():
     stage = AdaptiveStage(make_units(3), "sact").eval()
-    valid = torch.zeros(2, 1, 6, 8, dtype=torch.bool)
-    valid[0] = True
-    valid[1, :, :4, :5] = True
-    out = stage(torch.randn(2, 16, 12, 16), valid)
+    input_valid = torch.zeros(2, 1, 12, 16, dtype=torch.bool)
+    input_valid[0] = True
+    input_valid[1, :, :8, :9] = True  # ceil(8 / 2) x ceil(9 / 2) = 4 x 5 positions after the stride
+    out = stage(torch.randn(2, 16, 12, 16) * input_valid, input_valid)
+    valid = out.valid
+    assert valid[1, 0].sum() == 4 * 5 and valid[1, 0, :4, :5].all()
     assert (out.features[1][:, ~valid[1, 0]] == 0).all()
     assert (out.ponder_map[1][~valid[1, 0]] == 0).all() and (out.num_units_map[1][~valid[1, 0]] == 0).all()
     expected = out.ponder_map[1][valid[1, 0]].mean()

@@ -10,6 +10,7 @@ from detectron2.modeling.backbone.resnet import build_resnet_backbone
 from sact_det import get_sact_cfg
 from sact_det.adaptive_stage import AdaptiveStage, StageOutput
 from sact_det.flops import stage_flops
+from sact_det.report import build_reports
 
 from conftest import config_path, tiny_cfg
 from test_adaptive_stage import make_units
@@ -61,7 +62,7 @@ def test_non_adaptive_backbone_equals_detectron2_resnet():
 def summaries(backbone, x):
     with torch.no_grad():
         _, outputs = backbone.forward_with_sact(x, [tuple(x.shape[-2:])])
-    return backbone.image_summaries(outputs, [tuple(x.shape[-2:])])[0]
+    return build_reports(backbone, outputs, [tuple(x.shape[-2:])])[0]
 
 
 @pytest.mark.parametrize("config,size", [("r101", (96, 128)), ("r101", (97, 131)), ("tiny", (75, 103))])
@@ -73,9 +74,9 @@ def test_dense_flops_equal_fvcore_times_two(config, size):
     counter.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
     fvcore_conv = counter.by_operator()["conv"]  # fvcore counts one multiply-add as one flop
     summary = summaries(ours, x)
-    assert summary["flops"] == 2 * fvcore_conv
-    assert summary["flops_pct"] == pytest.approx(100.0)
-    assert summary["units_per_block"] == {"res2": 3, "res3": 4, "res4": 23 if config == "r101" else 6}
+    assert summary.flops == 2 * fvcore_conv
+    assert summary.flops_pct == pytest.approx(100.0)
+    assert summary.units_per_block == {"res2": 3, "res3": 4, "res4": 23 if config == "r101" else 6}
 
 
 def test_flop_reference_is_dense_resnet101_for_shorter_baselines():
@@ -84,10 +85,10 @@ def test_flop_reference_is_dense_resnet101_for_shorter_baselines():
     full = build_backbone(r101_cfg("MODEL.SACT.TYPE", "none")).eval()
     x = torch.randn(1, 3, 64, 80)
     short, dense = summaries(baseline, x), summaries(full, x)
-    assert short["dense_flops"] == dense["flops"]
-    per_res4_unit = (dense["flops_per_block"]["res4"] - short["flops_per_block"]["res4"]) / 10
-    assert short["flops"] == dense["flops"] - 10 * per_res4_unit
-    assert 0 < short["flops_pct"] < 100
+    assert short.dense_flops == dense.flops
+    per_res4_unit = (dense.flops_per_block["res4"] - short.flops_per_block["res4"]) / 10
+    assert short.flops == dense.flops - 10 * per_res4_unit
+    assert 0 < short.flops_pct < 100
 
 
 def test_perforated_flops_hand_count():
@@ -126,15 +127,15 @@ def test_sact_flops_follow_the_executed_units():
         for branch in stage.halting:
             branch.bias.data.fill_(10.0)
     first_only = summaries(backbone, x)
-    assert first_only["units_per_block"] == {"res2": 1.0, "res3": 1.0, "res4": 1.0}
-    assert first_only["ponder_cost"] == pytest.approx(3 * 2.0)  # N + R = 1 + 1 per block
+    assert first_only.units_per_block == {"res2": 1.0, "res3": 1.0, "res4": 1.0}
+    assert first_only.ponder_cost == pytest.approx(3 * 2.0)  # N + R = 1 + 1 per block
     # At initialisation (b = -3) every unit runs: the dense cost plus L - 1 halting
     # branches per block (pooled linear + 3x3 conv to one channel everywhere).
-    assert adaptive["units_per_block"] == {"res2": 3.0, "res3": 4.0, "res4": 6.0}
+    assert adaptive.units_per_block == {"res2": 3.0, "res3": 4.0, "res4": 6.0}
     halting = sum((stage.num_units - 1) * (2 * c + 2 * 9 * c * h * w)
                   for stage, (c, h, w) in zip(backbone.stages, [(64, 24, 32), (128, 12, 16), (256, 6, 8)]))
-    assert adaptive["flops"] == adaptive["dense_flops"] + halting
-    assert first_only["flops"] < adaptive["flops"]
+    assert adaptive.flops == adaptive.dense_flops + halting
+    assert first_only.flops < adaptive.flops
 
 
 def test_frozen_units_keep_trainable_halting():
@@ -152,3 +153,33 @@ def test_bad_config_values_name_the_key():
         r101_cfg("MODEL.SACT.NUM_UNITS", "[3, 4]")
     with pytest.raises(ValueError, match="MODEL.RESNETS.DEPTH"):
         build_backbone(r101_cfg("MODEL.RESNETS.DEPTH", "34"))
+
+
+@pytest.mark.parametrize("execution", ["dense", "perforated", "tiled"])
+def test_a_batched_image_gets_what_it_gets_alone(execution):
+    """Padding is zero after the stem and after every unit (and inside units
+    after the first convolution), so an image's features, ponder maps and FLOPs
+    in a padded batch equal those it gets alone, to float tolerance."""
+    torch.manual_seed(0)
+    backbone = build_backbone(tiny_cfg("MODEL.SACT.TILE_SIZE", "2")).eval()
+    for stage in backbone.stages:  # a mixed halting pattern
+        for branch in stage.halting:
+            branch.bias.data.fill_(-1.0)
+            branch.spatial_logit.weight.data.normal_(0, 0.05)
+    backbone.execution = execution
+    small, large = torch.randn(1, 3, 81, 97), torch.randn(1, 3, 128, 160)
+    batch = torch.zeros(2, 3, 128, 160)
+    batch[0, :, :81, :97], batch[1] = small[0], large[0]
+    with torch.no_grad():
+        alone_features, alone_outputs = backbone.forward_with_sact(small, [(81, 97)])
+        batch_features, batch_outputs = backbone.forward_with_sact(batch, [(81, 97), (128, 160)])
+    alone = build_reports(backbone, alone_outputs, [(81, 97)])[0]
+    batched = build_reports(backbone, batch_outputs, [(81, 97), (128, 160)])[0]
+    h, w = alone_features["res4"].shape[-2:]
+    assert torch.allclose(alone_features["res4"][0], batch_features["res4"][0, :, :h, :w], atol=1e-4, rtol=1e-4)
+    assert (batch_features["res4"][0, :, h:] == 0).all() and (batch_features["res4"][0, :, :, w:] == 0).all()
+    for name, ponder in alone.ponder_maps.items():
+        assert torch.allclose(ponder, batched.ponder_maps[name], atol=1e-5)
+        assert 1 < ponder.min() < ponder.max()  # adaptive: the maps vary
+    assert alone.units_per_block == pytest.approx(batched.units_per_block)
+    assert alone.flops == batched.flops and alone.flops_per_block == batched.flops_per_block

@@ -11,8 +11,8 @@ from scipy.io import savemat
 from scipy.stats import mannwhitneyu
 
 from sact_det.maps import image_to_grid
-from sact_det.saliency import (auc_judd, center_baseline, evaluate_cat2000, load_fixations, object_auc,
-                               object_mask, postprocess, roc_auc)
+from sact_det.metrics import auc_judd, object_auc, object_mask, roc_auc
+from sact_det.saliency import center_baseline, evaluate_cat2000, load_fixations, postprocess
 
 from conftest import REPO, config_path
 

@@ -86,7 +86,7 @@ def test_eval_only_reports_boxes_and_per_image_flops(synthetic_root, tmp_path):
     with torch.no_grad():
         output = model([{"image": torch.rand(3, 120, 160) * 255}])[0]
     assert len(output["instances"]) > 0 and output["instances"].pred_boxes.tensor.shape[1] == 4
-    assert output["sact"]["flops"] > 0 and output["sact"]["ponder_map"].shape == (30, 40)
+    assert output["sact"].flops > 0 and output["sact"].ponder_map.shape == (30, 40)
 
 
 def cfg_opts(cfg):

@@ -12,7 +12,10 @@ from PIL import Image
 from detectron2.structures import Boxes, Instances
 
 from sact_det.maps import map_to_image
-from sact_det.visualization import PonderVisualization, SACTPredictor, colorize, read_image_rgb, visualize
+from sact_det.data.images import read_image_rgb
+from sact_det.predictor import SACTPredictor
+from sact_det.report import SACTReport
+from sact_det.visualization import PonderVisualization, colorize, visualize
 
 from conftest import REPO, tiny_cfg
 
@@ -69,7 +72,8 @@ def test_figure_shows_min_max_and_the_colour_bar_range():
     ponder = np.tile(np.linspace(3.0, 11.0, 60, dtype=np.float32), (40, 1))
     instances = Instances((40, 60), pred_boxes=Boxes(torch.tensor([[5.0, 5.0, 20.0, 20.0]])),
                           scores=torch.tensor([0.9]), pred_classes=torch.tensor([0]))
-    vis = PonderVisualization(image, instances, {"flops_pct": 55.0}, ponder, {"res2": ponder})
+    report = SACTReport(image_size=(40, 60), flops=55, flops_per_block={}, dense_flops=100, units_per_block={})
+    vis = PonderVisualization(image, instances, report, ponder, {"res2": ponder})
     fig = vis.figure(score_threshold=0.5)
     heat = fig.axes[1].images[-1]
     assert heat.get_clim() == (3.0, 11.0)
@@ -111,9 +115,9 @@ def test_directory_with_a_corrupt_file(predictor, image_dir, tmp_path, monkeypat
         assert row["status"] == "ok" and (int(row["height"]), int(row["width"])) == (height, width)
     # The CSV holds the model's own per-image outputs.
     direct = predictor(read_image_rgb(str(image_dir / "gray.png")))["sact"]
-    assert float(rows["gray.png"]["ponder_cost"]) == pytest.approx(direct["ponder_cost"])
-    assert int(rows["gray.png"]["flops"]) == direct["flops"]
-    assert float(rows["gray.png"]["units_res4"]) == pytest.approx(direct["units_per_block"]["res4"])
+    assert float(rows["gray.png"]["ponder_cost"]) == pytest.approx(direct.ponder_cost)
+    assert int(rows["gray.png"]["flops"]) == direct.flops
+    assert float(rows["gray.png"]["units_res4"]) == pytest.approx(direct.units_per_block["res4"])
 
 
 def test_glob_and_missing_inputs_are_reported(predictor, image_dir, tmp_path, monkeypatch):

@@ -16,13 +16,11 @@ import os
 import sys
 from datetime import date
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
-
-from sact_det.benchmark import (  # noqa: E402
+from sact_det.benchmark import (
     machine_description, markdown_table, profile_point, rows_as_dicts, run_benchmark)
-from sact_det.config import get_sact_cfg  # noqa: E402
+from sact_det.config import get_sact_cfg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

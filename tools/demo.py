@@ -7,12 +7,8 @@ overlays for a few validation images.
     python tools/demo.py --output-dir out SOLVER.MAX_ITER 300
 """
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from sact_det.demo import DEMO_CONFIG, run_demo  # noqa: E402
+from sact_det.demo import DEMO_CONFIG, run_demo
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

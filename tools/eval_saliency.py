@@ -20,15 +20,12 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import matplotlib.pyplot as plt  # noqa: E402
-from detectron2.utils.logger import setup_logger  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from sact_det.config import fall_back_to_cpu, get_sact_cfg  # noqa: E402
-from sact_det.saliency import evaluate_cat2000, saliency_figure  # noqa: E402
-from sact_det.visualization import SACTPredictor  # noqa: E402
+from sact_det.config import fall_back_to_cpu, get_sact_cfg
+from sact_det.predictor import SACTPredictor
+from sact_det.saliency import evaluate_cat2000, saliency_figure
+import matplotlib.pyplot as plt
+from detectron2.utils.logger import setup_logger
+from tqdm import tqdm
 
 
 def parse_args(argv=None):
@@ -54,7 +51,7 @@ def main(argv=None) -> int:
     predictor = SACTPredictor(cfg)
 
     def ponder(rgb):
-        return predictor.ponder_output(rgb, resize=False)["sact"]["ponder_map"].numpy()
+        return predictor.ponder_output(rgb, resize=False)["sact"].ponder_map.numpy()
 
     result = evaluate_cat2000(ponder, args.cat2000, tuple(args.size), args.sigmas, args.gammas,
                               progress=tqdm)

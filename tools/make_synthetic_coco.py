@@ -8,12 +8,8 @@ Registered with Detectron2 as synthetic_train / synthetic_val when it lives at
 $DETECTRON2_DATASETS/synthetic_coco (default: datasets/synthetic_coco).
 """
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from sact_det.data import default_synthetic_root, generate_dataset  # noqa: E402
+from sact_det.data import default_synthetic_root, generate_dataset
 
 
 def main(argv=None):

@@ -5,16 +5,7 @@
     python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS model_final.pth
     python tools/train_net.py --config-file CFG --resume          # continue in OUTPUT_DIR
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from detectron2.engine import default_argument_parser, launch  # noqa: E402
-
-from sact_det.engine import main  # noqa: E402
+from sact_det.engine import argument_parser, launch_main
 
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    launch_main(argument_parser().parse_args())

@@ -10,15 +10,12 @@ ponder_summary.csv/.json. Unreadable images are reported and skipped; the exit
 status is 1 if any input failed.
 """
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from detectron2.utils.logger import setup_logger  # noqa: E402
-
-from sact_det.config import fall_back_to_cpu, get_sact_cfg  # noqa: E402
-from sact_det.visualization import SACTPredictor, visualize_files  # noqa: E402
+from sact_det.config import fall_back_to_cpu, get_sact_cfg
+from sact_det.predictor import SACTPredictor
+from sact_det.visualization import visualize_files
+from detectron2.utils.logger import setup_logger
 
 
 def parse_args(argv=None):

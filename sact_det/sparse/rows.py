@@ -1,0 +1,165 @@
+"""A block's feature map during sparse execution: positions as rows.
+
+Through a block, features are the rows of an NHWC matrix ``[P + 1, C]`` (``P =
+B * H * W`` positions; the last row is a zero sentinel that stands for every
+position outside the map or in the padding of a batched image). Units gather
+the rows they need by index and write new rows back; :class:`BlockRows` keeps
+what the halting branches read current as rows change.
+"""
+from typing import List, Optional, Tuple
+
+import torch
+from torch.nn import functional as F
+
+from ..halting import masked_global_average, tile_ids
+from .folding import FoldedHalting
+
+__all__ = ["MapLayout", "BlockRows"]
+
+_CHUNK_BYTES = 8 << 20  # gathered rows (im2col, conv1 inputs) per chunk: bounds the extra memory
+_KEEP_BYTES = 8 << 20  # a unit's new rows kept, in all, for the output accumulation (else gathered again)
+
+
+def chunk_rows(row_bytes: int, minimum: int = 256) -> int:
+    """Rows per chunk of gathered data of ``row_bytes`` each."""
+    return max(minimum, _CHUNK_BYTES // row_bytes)
+
+
+class MapLayout:
+    """Index tables of a ``[B, H, W]`` map: each position's image and 3x3
+    neighbours (the sentinel ``P`` outside the map and in the padding), and,
+    for tiled execution, each tile's window."""
+
+    def __init__(self, batch: int, height: int, width: int, valid: Optional[torch.Tensor], device):
+        self.batch, self.height, self.width = batch, height, width
+        self.num = num = batch * height * width
+        self.valid = (valid.reshape(num) if valid is not None
+                      else torch.ones(num, dtype=torch.bool, device=device))
+        self.padded = valid is not None
+        self.image_of = torch.arange(batch, device=device).repeat_interleave(height * width)
+        self.count = self.valid.view(batch, -1).sum(1).clamp(min=1).float()
+        index = torch.arange(num, device=device)
+        if self.padded:
+            index = torch.where(self.valid, index, num)
+        self.index_map = F.pad(index.view(batch, height, width), (1, 1, 1, 1), value=num)
+        taps = [self.index_map[:, dy:dy + height, dx:dx + width] for dy in range(3) for dx in range(3)]
+        table = torch.stack(taps, dim=-1).view(num, 9)
+        self.neighbours = torch.cat([table, table.new_full((1, 9), num)])  # [P + 1, 9], row-major taps
+
+    def dilate(self, active: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(the 3x3-dilated set of ``active`` inside the images, and for each
+        active position the rows of its 9 neighbours in that set; the sentinel
+        row ``len(dilated)`` outside)."""
+        marked = torch.zeros(self.num + 1, dtype=torch.bool, device=active.device)
+        marked[self.neighbours[active].flatten()] = True
+        marked[self.num] = False
+        dilated = torch.nonzero(marked).squeeze(1)
+        row_of = torch.full((self.num + 1,), dilated.numel(), dtype=torch.long, device=active.device)
+        row_of[dilated] = torch.arange(dilated.numel(), device=active.device)
+        return dilated, row_of[self.neighbours[active]]
+
+    def tiles(self, tile_size: int):
+        """(each tile's ``(k + 2)^2`` window of flat indices with a one-position
+        halo, the sentinel outside the images; each position's tile id; the
+        number of tiles)."""
+        k = tile_size
+        tiles_h, tiles_w = -(-self.height // k), -(-self.width // k)
+        halo = torch.full((self.batch, tiles_h * k + 2, tiles_w * k + 2), self.num, dtype=torch.long,
+                          device=self.index_map.device)
+        halo[:, :self.height + 2, :self.width + 2] = self.index_map
+        windows = halo.unfold(1, k + 2, k).unfold(2, k + 2, k).reshape(-1, (k + 2) ** 2)
+        return windows, tile_ids(self.batch, self.height, self.width, k, windows.device), windows.shape[0]
+
+
+class BlockRows:
+    """The rows ``[P + 1, C]`` of a block's current map, with the per-image
+    pooled means (``pool(x)`` of eqs. 6, 14) and the current halting branch's
+    per-tap products kept up to date as units write rows."""
+
+    def __init__(self, layout: MapLayout, channels: int, dtype, spatial: bool):
+        self.layout = layout
+        self.data = torch.empty((layout.num + 1, channels), dtype=dtype, device=layout.valid.device)
+        self.data[layout.num] = 0
+        self.pooled: Optional[torch.Tensor] = None  # float32 [B, C]
+        # Per-tap products of the halting 3x3 term, row ``P`` zero (padding, eq. 14).
+        self.tap_products = (torch.zeros((layout.num + 1, 9), dtype=dtype, device=self.data.device)
+                             if spatial else None)
+        self._taps: Optional[torch.Tensor] = None
+        # This unit's new rows as (positions, rows) while they fit in _KEEP_BYTES; else None.
+        self.written: Optional[List[Tuple[torch.Tensor, torch.Tensor]]] = None
+        self._written_bytes = 0
+
+    @property
+    def map(self) -> torch.Tensor:
+        """The rows as a channels-last ``[B, C, H, W]`` view."""
+        lay = self.layout
+        return self.data[:lay.num].view(lay.batch, lay.height, lay.width, -1).permute(0, 3, 1, 2)
+
+    def rewritten(self) -> None:
+        """After a unit rewrote every row: recompute the pooled means."""
+        valid = self.layout.valid.view(self.layout.batch, 1, self.layout.height, self.layout.width)
+        self.pooled = masked_global_average(self.map.float(), valid if self.layout.padded else None)
+        self.written = None
+
+    def begin_unit(self, halting: Optional[FoldedHalting]) -> None:
+        """Before a sparse unit: record the rows it writes, keep tap products for ``halting``."""
+        self._taps = halting.taps.to(self.data.dtype) if halting is not None and halting.taps is not None else None
+        self.written, self._written_bytes = [], 0
+
+    def write(self, positions: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> None:
+        """New rows at ``positions`` (whose previous rows are ``old``)."""
+        lay = self.layout
+        delta = new.float() - old.float()
+        if lay.batch == 1:
+            self.pooled[0] += delta.sum(0) / lay.count[0]
+        else:
+            images = lay.image_of[positions]
+            self.pooled.index_add_(0, images, delta / lay.count[images, None])
+        self.data.index_copy_(0, positions, new)
+        if self._taps is not None:
+            self.tap_products.index_copy_(0, positions, F.linear(new, self._taps))
+        if self.written is not None:
+            self._written_bytes += new.numel() * 4
+            self.written = self.written + [(positions, new)] if self._written_bytes <= _KEEP_BYTES else None
+
+    def halting_logits(self, halting: FoldedHalting, active: torch.Tensor,
+                       dilated: Optional[torch.Tensor]) -> Tuple[torch.Tensor, int]:
+        """Logits of eq. (14) (or 6) at the active positions, float32 ``[A]``,
+        and the number of positions whose tap products were computed. The
+        products of rows written by this unit are current; those of the ring
+        around them (``dilated`` minus ``active``) are computed here, or all
+        rows' when ``dilated`` is None (after a unit that rewrote every row)."""
+        logits = halting.global_logit(self.pooled)[self.layout.image_of[active]]
+        if halting.taps is None:
+            return logits, 0
+        taps = halting.taps.to(self.data.dtype)
+        num = self.layout.num
+        if dilated is None:
+            self.tap_products[:num] = F.linear(self.data[:num], taps)
+            computed = num
+        else:
+            is_active = torch.zeros(num + 1, dtype=torch.bool, device=active.device)
+            is_active[active] = True
+            ring = dilated[~is_active[dilated]]
+            self.tap_products.index_copy_(0, ring, F.linear(self.data[ring], taps))
+            computed = dilated.numel()
+        tap_index = torch.arange(9, device=active.device)
+        return logits + self.tap_products[self.layout.neighbours[active], tap_index].sum(1).float(), computed
+
+    def accumulate(self, output: torch.Tensor, active: torch.Tensor, weight: torch.Tensor) -> None:
+        """``output += p^l x^l`` at the active positions (eq. 10): from this
+        unit's own new rows when they were kept, over the whole map when most
+        positions are active, else gathered in chunks."""
+        num = self.layout.num
+        if self.written is not None and sum(p.numel() for p, _ in self.written) == active.numel():
+            full = output.new_zeros(num).index_copy_(0, active, weight)
+            for positions, new in self.written:
+                output.index_add_(0, positions, new.float().mul_(full[positions, None]))
+        elif 2 * active.numel() >= num:
+            full = output.new_zeros(num).index_copy_(0, active, weight)
+            output.addcmul_(self.data[:num], full[:, None])
+        else:
+            chunk = chunk_rows(self.data.shape[1] * 4)
+            for start in range(0, active.numel(), chunk):
+                part = active[start:start + chunk]
+                output.index_add_(0, part, self.data[part].float().mul_(weight[start:start + chunk, None]))
