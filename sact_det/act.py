@@ -119,6 +119,9 @@ class HaltingState:
         self.remainder = torch.ones_like(zeros)  # R, line 6
         self.ponder_cost = zeros  # rho, line 8
         self.num_units = torch.zeros(active.shape, dtype=torch.int32, device=active.device)
+        # False once a halting score was NaN or infinite: eq. (7) would silently
+        # halt there (NaN < 1 - eps is false), so callers must be able to tell.
+        self.scores_finite = torch.ones((), dtype=torch.bool, device=active.device)
 
     def update(self, halting_score: Optional[torch.Tensor],
                positions: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -148,8 +151,11 @@ class HaltingState:
             return t.reshape(-1).index_put((positions,), new).view(t.shape)
 
         shape = self.cumulative_score.shape if positions is None else positions.shape
-        h = (torch.ones(shape, device=self.active.device) if halting_score is None
-             else halting_score.float().expand(shape))
+        if halting_score is None:
+            h = torch.ones(shape, device=self.active.device)
+        else:
+            h = halting_score.float().expand(shape)
+            self.scores_finite = self.scores_finite & torch.isfinite(h).all()
         step = act_step(read(self.cumulative_score), read(self.remainder), h, self.eps)
         self.ponder_cost = write(self.ponder_cost, read(self.ponder_cost) + step.ponder_increment)
         self.num_units = write(self.num_units, read(self.num_units) + 1)

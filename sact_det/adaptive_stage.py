@@ -53,6 +53,8 @@ class StageOutput:
     computed_masks: List[torch.Tensor] = field(default_factory=list)
     # FLOPs a sparse executor actually ran for the whole batch (sact_det.sparse).
     executed_flops: Optional[int] = None
+    # bool scalar: every halting score of the block was finite (HaltingState.scores_finite).
+    scores_finite: Optional[torch.Tensor] = None
 
     def ponder_cost(self) -> torch.Tensor:
         """Per-image ponder cost of the block, ``[B]``: the mean over positions (Alg. 2 line 37)."""
@@ -175,4 +177,5 @@ class AdaptiveStage(nn.Module):
             num_units_map=state.num_units[:, 0],
             ponder_map=state.ponder_cost[:, 0],
             computed_masks=computed_masks,
+            scores_finite=state.scores_finite,
         )

@@ -118,3 +118,14 @@ def test_rejects_bad_epsilon():
         halting_distribution(torch.rand(3), eps=0.0)
     with pytest.raises(ValueError, match="eps"):
         HaltingState(torch.ones(1, dtype=torch.bool), eps=1.5)
+
+
+def test_non_finite_halting_scores_are_flagged():
+    # NaN < 1 - eps is false: the position would silently halt; the state says so.
+    state = HaltingState(torch.ones(3, dtype=torch.bool))
+    state.update(torch.tensor([0.1, 0.2, 0.3]))
+    assert bool(state.scores_finite)
+    state.update(torch.tensor([0.1, float("nan"), 0.3]))
+    assert not bool(state.scores_finite)
+    state.update(None)
+    assert not bool(state.scores_finite)

@@ -100,7 +100,8 @@ class SparseStageExecutor:
         return StageOutput(features=features, valid=layout.valid.view(batch, 1, height, width),
                            num_units_map=state.num_units.view(batch, height, width),
                            ponder_map=state.ponder_cost.view(batch, height, width),
-                           computed_masks=computed_masks, executed_flops=executed)
+                           computed_masks=computed_masks, executed_flops=executed,
+                           scores_finite=state.scores_finite)
 
     def _run_unit(self, unit: FoldedUnit, rows: BlockRows, active: torch.Tensor,
                   tiles) -> Tuple[int, int, Optional[torch.Tensor]]:
