@@ -19,6 +19,7 @@ from detectron2.modeling.backbone.resnet import BasicStem, BottleneckBlock, ResN
 from .adaptive_stage import AdaptiveStage, StageOutput, subsample_valid
 from .config import UNITS_PER_DEPTH, units_per_block, validate_sact_config
 from .flops import dense_flops
+from .halting import set_test_halting_offset
 from .sparse import SparseBackboneExecutor
 
 __all__ = ["SACTResNet", "build_sact_resnet_backbone", "build_resnet_units", "padding_mask", "stem_forward"]
@@ -189,5 +190,7 @@ def build_sact_resnet_backbone(cfg, input_shape: ShapeSpec) -> SACTResNet:
     with torch.device("meta"):  # shapes only, for the "% of dense" denominator
         reference = build_resnet_units(cfg, UNITS_PER_DEPTH[s.FLOPS_REFERENCE_DEPTH],
                                        input_shape.channels)
-    return SACTResNet(stem, stages, out_features, cfg.MODEL.BACKBONE.FREEZE_AT, reference, s.EXECUTION,
-                      s.SPARSE_MAX_ACTIVE)
+    backbone = SACTResNet(stem, stages, out_features, cfg.MODEL.BACKBONE.FREEZE_AT, reference, s.EXECUTION,
+                          s.SPARSE_MAX_ACTIVE)
+    set_test_halting_offset(backbone, s.TEST_HALTING_OFFSET)
+    return backbone

@@ -47,7 +47,7 @@ class Row:
 
 def benchmark_image(cfg, height: int, width: int, seed: int = 0) -> torch.Tensor:
     """A normalised ``[1, 3, H, W]`` synthetic image (objects on clutter)."""
-    image, _ = render_image(np.random.RandomState(seed), height, width, max_objects=5)
+    image, _, _ = render_image(np.random.RandomState(seed), height, width, max_objects=5)
     tensor = torch.as_tensor(image.transpose(2, 0, 1).copy()).float()  # BGR, as Detectron2 reads
     if cfg.INPUT.FORMAT == "RGB":
         tensor = tensor.flip(0)

@@ -62,5 +62,5 @@ class SACTCheckpointer(DetectionCheckpointer):
         halting = [k for k in incompatible.missing_keys if ".halting." in k]
         if halting:
             self.logger.info(f"{len(halting)} halting-branch parameters are newly initialised "
-                             "(section 4.1: halting weights are initialised randomly)")
+                             "(section 4.1: halting weights are initialised randomly): " + ", ".join(halting))
         return incompatible

@@ -1,5 +1,6 @@
 """Config keys of sact-det (``add_sact_config``), in Detectron2's style."""
 import difflib
+import math
 import os
 import re
 
@@ -8,6 +9,7 @@ from detectron2.config import CfgNode as CN
 from .adaptive_stage import HALTING_TYPES
 
 EXECUTIONS = ("dense", "perforated", "tiled")
+HEAD_TYPES = ("none", "act")
 
 # Residual units per block (res2, res3, res4) of the standard ResNets.
 UNITS_PER_DEPTH = {50: (3, 4, 6), 101: (3, 4, 23), 152: (3, 8, 36)}
@@ -25,12 +27,23 @@ def add_sact_config(cfg: CN) -> None:
     cfg.MODEL.SACT.EPS = 0.01
     # Initial halting bias b^l (sec. 4.1).
     cfg.MODEL.SACT.HALTING_BIAS_INIT = -3.0
+    # Test-time compute knob: added to every halting logit at inference (> 0 halts
+    # earlier: fewer FLOPs; < 0 later; 0 is the trained model). Not used in training.
+    # tools/halting_budget.py finds the offset that meets a FLOPs budget.
+    cfg.MODEL.SACT.TEST_HALTING_OFFSET = 0.0
     # Residual units of res2, res3, res4. Empty: all units of MODEL.RESNETS.DEPTH.
     # Fewer units build the non-adaptive baselines of sec. 4.1 (e.g. [3, 4, 13]),
     # which load the first units of each block from a full ResNet checkpoint.
     cfg.MODEL.SACT.NUM_UNITS = []
     # Residual units of block 4 (res5) in the box head (3 in every standard ResNet).
     cfg.MODEL.SACT.RES5_NUM_UNITS = 3
+    # Box head: "none" (the paper's plain res5) or "act" (beyond the paper): ACT over
+    # proposals, one halting score per proposal after every res5 unit but the last
+    # (eq. 6, Alg. 1); needs RES5_NUM_UNITS >= 2.
+    cfg.MODEL.SACT.HEAD_TYPE = "none"
+    # Weight of the box head's ponder cost (mean rho over the sampled proposals),
+    # the loss "loss_ponder_head"; TAU stays the feature extractor's.
+    cfg.MODEL.SACT.HEAD_TAU = 0.01
     # Inference execution (sact_det.sparse): "dense" (masked, as in training),
     # "perforated" (sparse rows, sec. 2.3) or "tiled" (dense convolutions on active
     # k x k tiles). Training always runs dense.
@@ -54,6 +67,9 @@ def validate_sact_config(cfg: CN) -> None:
         raise ValueError(f"MODEL.SACT.TYPE must be one of {HALTING_TYPES}, got {sact.TYPE!r}")
     if not 0.0 < sact.EPS < 1.0:
         raise ValueError(f"MODEL.SACT.EPS must be in (0, 1) (eq. 7), got {sact.EPS}")
+    if not isinstance(sact.TEST_HALTING_OFFSET, (int, float)) or not math.isfinite(sact.TEST_HALTING_OFFSET):
+        raise ValueError("MODEL.SACT.TEST_HALTING_OFFSET must be a finite number (a logit offset), "
+                         f"got {sact.TEST_HALTING_OFFSET!r}")
     if sact.TAU < 0:
         raise ValueError(f"MODEL.SACT.TAU must be >= 0 (eq. 13), got {sact.TAU}")
     for key, depth in (("MODEL.RESNETS.DEPTH", cfg.MODEL.RESNETS.DEPTH),
@@ -74,6 +90,13 @@ def validate_sact_config(cfg: CN) -> None:
         raise ValueError("sparse execution (MODEL.SACT.EXECUTION) needs MODEL.RESNETS.NUM_GROUPS 1")
     if sact.RES5_NUM_UNITS < 1:
         raise ValueError(f"MODEL.SACT.RES5_NUM_UNITS must be >= 1, got {sact.RES5_NUM_UNITS}")
+    if sact.HEAD_TYPE not in HEAD_TYPES:
+        raise ValueError(f"MODEL.SACT.HEAD_TYPE must be one of {HEAD_TYPES}, got {sact.HEAD_TYPE!r}")
+    if sact.HEAD_TAU < 0:
+        raise ValueError(f"MODEL.SACT.HEAD_TAU must be >= 0 (the box head's ponder cost weight), got {sact.HEAD_TAU}")
+    if sact.HEAD_TYPE == "act" and sact.RES5_NUM_UNITS < 2:
+        raise ValueError("MODEL.SACT.HEAD_TYPE act needs MODEL.SACT.RES5_NUM_UNITS >= 2 (a one-unit res5 "
+                         f"cannot halt earlier), got {sact.RES5_NUM_UNITS}")
 
 
 def units_per_block(cfg: CN):

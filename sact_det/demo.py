@@ -35,23 +35,34 @@ def run_demo(output_dir: str = "output/demo", config_file: str = DEMO_CONFIG,
     cfg = get_sact_cfg(config_file, ["OUTPUT_DIR", output_dir, *opts,
                                      "MODEL.WEIGHTS", os.path.join(output_dir, "model_final.pth")])
     fall_back_to_cpu(cfg)
-    images = sorted(glob.glob(os.path.join(split_paths(default_synthetic_root(), "val")[1], "*.jpg")))
+    images = []  # half from synthetic_val, half from the held-out split
+    for split, count in (("val", num_overlays - num_overlays // 2), ("val_heldout", num_overlays // 2)):
+        images += sorted(glob.glob(os.path.join(split_paths(default_synthetic_root(), split)[1], "*.jpg")))[:count]
     overlay_dir = os.path.join(output_dir, "ponder")
-    visualize_files(SACTPredictor(cfg), images[:num_overlays], overlay_dir, progress=False)
+    visualize_files(SACTPredictor(cfg), images, overlay_dir, progress=False)
 
-    bbox, sact = results.get("bbox", {}), results.get("sact", {})
     minutes = (time.time() - start) / 60
     print("\n" + "=" * 72)
     print(f"sact-det demo finished in {minutes:.1f} min ({output_dir})")
-    print(f"  box AP {bbox.get('AP', float('nan')):.1f}  AP50 {bbox.get('AP50', float('nan')):.1f}  "
-          f"(COCO protocol, synthetic_val)")
-    print(f"  feature extractor FLOPs {sact.get('FLOPs', float('nan')):.3e} = "
-          f"{sact.get('FLOPs_pct', float('nan')):.1f}% ± {sact.get('FLOPs_pct_std', float('nan')):.1f} of dense")
-    print(f"  ponder cost {sact.get('ponder_cost', float('nan')):.2f}; units per block " + ", ".join(
-        f"{k[6:]} {v:.2f}" for k, v in sact.items() if k.startswith("units_")))
-    print(f"  object agreement (ROC AUC of the ponder map for object pixels; 0.5 = none) "
-          f"{sact.get('object_AUC', float('nan')):.3f}")
-    print(f"  report: {os.path.join(output_dir, 'inference', 'synthetic_val', 'sact_report.json')}")
-    print(f"  ponder overlays: {overlay_dir}/*_ponder.png")
+    for dataset, result in _per_dataset(results, cfg).items():
+        bbox, sact = result.get("bbox", {}), result.get("sact", {})
+        nan = float("nan")
+        print(f"{dataset}: box AP {bbox.get('AP', nan):.1f}  AP50 {bbox.get('AP50', nan):.1f} (COCO protocol)")
+        print(f"  feature extractor FLOPs {sact.get('FLOPs', nan):.3e} = "
+              f"{sact.get('FLOPs_pct', nan):.1f}% ± {sact.get('FLOPs_pct_std', nan):.1f} of dense; "
+              f"ponder cost {sact.get('ponder_cost', nan):.2f}")
+        print("  units per block " + ", ".join(f"{k[6:]} {v:.2f}" for k, v in sact.items() if k.startswith("units_")))
+        print("  object agreement (ROC AUC of the ponder map for object pixels; 0.5 = none) "
+              f"{sact.get('object_AUC', nan):.3f}; per block " + ", ".join(
+                  f"{k[11:]} {v:.3f}" for k, v in sact.items() if k.startswith("object_AUC_")))
+        print(f"  report: {os.path.join(output_dir, 'inference', dataset, 'sact_report.json')}")
+    print(f"ponder overlays: {overlay_dir}/*_ponder.png")
     print("=" * 72)
     return results
+
+
+def _per_dataset(results: dict, cfg) -> dict:
+    """Detectron2 returns one dataset's results flat, several keyed by dataset name."""
+    if len(cfg.DATASETS.TEST) == 1:
+        return {cfg.DATASETS.TEST[0]: results}
+    return {name: results.get(name, {}) for name in cfg.DATASETS.TEST}

@@ -36,7 +36,7 @@ class TrainingDivergedError(RuntimeError):
     pass
 
 
-def _has_compiled_ops() -> bool:
+def has_compiled_ops() -> bool:
     try:
         from detectron2 import _C  # noqa: F401
     except ImportError:
@@ -159,7 +159,7 @@ class SACTTrainer(DefaultTrainer):
         return DatasetEvaluators([
             # The official pycocotools protocol; Detectron2's faster C++ version
             # needs its compiled ops, which sact-det does not require.
-            COCOEvaluator(dataset_name, output_dir=output_folder, use_fast_impl=_has_compiled_ops()),
+            COCOEvaluator(dataset_name, output_dir=output_folder, use_fast_impl=has_compiled_ops()),
             SACTEvaluator(dataset_name, output_dir=output_folder),
         ])
 

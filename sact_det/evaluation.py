@@ -4,8 +4,11 @@ Reported in the paper's formats: FLOPs mean +- std, absolute and as a
 percentage of the dense reference ResNet at the same image sizes (Table 1),
 and ponder cost and mean units per block with their std across images
 (supplement, Table 3). With ground-truth objects, also the object agreement:
-the ROC AUC of the total ponder map as a predictor of object pixels (masks
-when the annotations have them, else boxes), averaged over images. Printed as
+the ROC AUC of the total ponder map and of each block's as a predictor of
+object pixels (masks when the annotations have them, else boxes), and each
+block's mean ponder cost on objects and on background, averaged over images,
+overall and per background type where the dataset's images record one (the
+synthetic dataset's ``"background"`` field). Printed as
 a table, returned to Detectron2 (so it is logged with the COCO metrics, e.g. to
 ``metrics.json`` when evaluating during training) and written as JSON with the
 per-image records.
@@ -20,12 +23,12 @@ import numpy as np
 from tabulate import tabulate
 
 import detectron2.utils.comm as comm
-from detectron2.data import DatasetCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
 
-from .metrics import object_auc, object_mask
+from .metrics import object_agreement, object_mask
 
 __all__ = ["SACTEvaluator", "summarize_records", "format_summary", "REPORT_FILE"]
 
@@ -36,6 +39,20 @@ logger = logging.getLogger("sact_det")
 def _stats(values) -> Dict[str, float]:
     values = np.asarray(values, dtype=np.float64)
     return {"mean": float(values.mean()), "std": float(values.std())}
+
+
+def _mean_of(records: List[dict], key: str, block: Optional[str] = None):
+    """Stats of a per-image value (or a per-block one) over the records that have it."""
+    values = [r[key] if block is None else r[key][block] for r in records
+              if r.get(key) is not None and (block is None or r[key].get(block) is not None)]
+    return dict(_stats(values), images=len(values)) if values else None
+
+
+def _agreement(records: List[dict], blocks: List[str]) -> dict:
+    return {"object_auc": _mean_of(records, "object_auc"),
+            "per_block": {b: _mean_of(records, "object_auc_per_block", b) for b in blocks},
+            "ponder_on_objects": {b: _mean_of(records, "ponder_on_objects", b) for b in blocks},
+            "ponder_on_background": {b: _mean_of(records, "ponder_on_background", b) for b in blocks}}
 
 
 def summarize_records(records: List[dict]) -> dict:
@@ -52,16 +69,19 @@ def summarize_records(records: List[dict]) -> dict:
         summary["ponder_cost"] = _stats([r["ponder_cost"] for r in records])
         summary["ponder_cost_per_block"] = {
             b: _stats([r["ponder_cost_per_block"][b] for r in records]) for b in blocks}
-    object_aucs = [r["object_auc"] for r in records if r.get("object_auc") is not None]
-    if object_aucs:
-        summary["object_auc"] = dict(_stats(object_aucs), images=len(object_aucs))
+    if any(r.get("object_auc") is not None for r in records):
+        summary["object_auc"] = _mean_of(records, "object_auc")
+        summary["agreement"] = {"all": _agreement(records, blocks)}
+        for background in sorted({r["background"] for r in records if r.get("background")}):
+            summary["agreement"][background] = _agreement(
+                [r for r in records if r.get("background") == background], blocks)
     return summary
 
 
 def format_summary(summary: dict) -> str:
-    """The summary as two tables (Table 1 and Table 3 formats)."""
+    """The summary as tables (Table 1 and Table 3 formats, then object agreement)."""
     def pm(s, fmt):
-        return f"{s['mean']:{fmt}} ± {s['std']:{fmt}}"
+        return f"{s['mean']:{fmt}} ± {s['std']:{fmt}}" if s else "-"
 
     blocks = list(summary["units_per_block"])
     flops_table = tabulate(
@@ -74,9 +94,19 @@ def format_summary(summary: dict) -> str:
                     + [pm(summary["ponder_cost"], ".2f")])
     block_table = tabulate(rows, headers=[""] + blocks + ["total"], tablefmt="pipe")
     text = f"Feature extractor (stem + {', '.join(blocks)}):\n{flops_table}\n{block_table}"
-    if "object_auc" in summary:
-        text += (f"\nObject agreement (ROC AUC of the ponder map for object pixels, "
-                 f"{summary['object_auc']['images']} images): {pm(summary['object_auc'], '.3f')}")
+    if "agreement" in summary:
+        def mean(stats):
+            return f"{stats['mean']:.2f}" if stats else "-"
+
+        rows = []
+        for group, agreement in summary["agreement"].items():
+            images = agreement["object_auc"]["images"] if agreement["object_auc"] else 0
+            rows.append([group, images, mean(agreement["object_auc"])]
+                        + [f"{mean(agreement['per_block'][b])} ({mean(agreement['ponder_on_objects'][b])}"
+                           f" / {mean(agreement['ponder_on_background'][b])})" for b in blocks])
+        text += ("\nObject agreement: ROC AUC of the ponder map for object pixels (0.5: none, 1: all "
+                 "computation on objects);\nper block also (mean ponder cost on objects / on background):\n"
+                 + tabulate(rows, headers=["images", "n", "total map"] + blocks, tablefmt="pipe"))
     return text
 
 
@@ -92,9 +122,23 @@ def flat_metrics(summary: dict) -> Dict[str, float]:
         metrics["ponder_cost"] = summary["ponder_cost"]["mean"]
         for block, stats in summary["ponder_cost_per_block"].items():
             metrics[f"ponder_cost_{block}"] = stats["mean"]
-    if "object_auc" in summary:
+    if "agreement" in summary:
         metrics["object_AUC"] = summary["object_auc"]["mean"]
+        for block, stats in summary["agreement"]["all"]["per_block"].items():
+            if stats:
+                metrics[f"object_AUC_{block}"] = stats["mean"]
     return metrics
+
+
+def _image_field(dataset_name: str, field: str) -> Dict:
+    """``image id -> images[i][field]`` from a COCO-format dataset's json, where
+    present (Detectron2's loader keeps only the standard image fields)."""
+    json_file = getattr(MetadataCatalog.get(dataset_name), "json_file", None)
+    if not json_file or not PathManager.exists(json_file):
+        return {}
+    with PathManager.open(json_file) as f:
+        images = json.load(f).get("images", [])
+    return {image["id"]: image[field] for image in images if field in image}
 
 
 class SACTEvaluator(DatasetEvaluator):
@@ -106,15 +150,19 @@ class SACTEvaluator(DatasetEvaluator):
         self._distributed = distributed
         self._records: List[dict] = []
         self._ground_truth: Optional[Dict] = None
+        self._backgrounds: Dict = {}
 
     def reset(self):
         self._records = []
 
-    def _objects(self, image_id) -> Optional[np.ndarray]:
-        """Bool object pixels of an image of the dataset, None without objects."""
+    def _ground_truth_of(self, image_id) -> Optional[dict]:
         if self._ground_truth is None:
             self._ground_truth = {d["image_id"]: d for d in DatasetCatalog.get(self._dataset_name)}
-        record = self._ground_truth.get(image_id)
+            self._backgrounds = _image_field(self._dataset_name, "background")
+        return self._ground_truth.get(image_id)
+
+    def _objects(self, record) -> Optional[np.ndarray]:
+        """Bool object pixels of an image of the dataset, None without objects."""
         if record is None or not record.get("annotations"):
             return None
         annotations = [dict(a, bbox=BoxMode.convert(a["bbox"], a.get("bbox_mode", BoxMode.XYWH_ABS),
@@ -130,10 +178,12 @@ class SACTEvaluator(DatasetEvaluator):
             record.update(image_id=inp.get("image_id"), file_name=inp.get("file_name"),
                           num_detections=len(out["instances"]) if "instances" in out else None,
                           object_auc=None)
-            objects = self._objects(inp.get("image_id")) if report.adaptive else None
-            if objects is not None and objects.any() and not objects.all():
-                record["object_auc"] = object_auc(report.ponder_map, objects, report.image_size,
-                                                  report.ponder_map_stride)
+            if report.adaptive:
+                ground_truth = self._ground_truth_of(inp.get("image_id"))
+                objects = self._objects(ground_truth)
+                if objects is not None and objects.any() and not objects.all():
+                    record.update(object_agreement(report, objects))
+                record["background"] = self._backgrounds.get(inp.get("image_id"))
             self._records.append(record)
 
     def evaluate(self):

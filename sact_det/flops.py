@@ -23,7 +23,8 @@ from torch.nn import functional as F
 
 __all__ = [
     "conv_flops", "conv_output_size", "dense_unit_flops", "dense_units_flops", "stem_flops",
-    "perforated_unit_flops", "halting_flops", "dilate", "stage_flops", "dense_flops",
+    "perforated_unit_flops", "halting_flops", "dilate", "stage_flops", "dense_flops", "rpn_flops",
+    "linear_flops", "box_head_flops",
 ]
 
 Size = Tuple[int, int]
@@ -133,3 +134,40 @@ def dense_flops(stem: nn.Module, blocks: Iterable[Sequence[nn.Module]], size: Si
         block_cost, hw = dense_units_flops(units, hw)
         flops += block_cost
     return flops
+
+
+def rpn_flops(rpn_head: nn.Module, feature_size: Size) -> int:
+    """FLOPs of an RPN head on a feature map of ``feature_size``: its 3x3
+    convolution and the objectness and box-delta 1x1 convolutions, all at
+    every position (stride 1, same size)."""
+    positions = feature_size[0] * feature_size[1]
+    return sum(conv_flops(m, positions) for m in rpn_head.modules() if isinstance(m, nn.Conv2d))
+
+
+def linear_flops(layer: nn.Linear) -> int:
+    return 2 * layer.in_features * layer.out_features
+
+
+def box_head_flops(res5: nn.Module, box_predictor: nn.Module, units: torch.Tensor, pooled_size: Size,
+                   halting: bool = True) -> int:
+    """FLOPs of the res5 box head on the proposals of one image, as evaluated.
+
+    Args:
+        res5: the head's :class:`~sact_det.adaptive_stage.AdaptiveStage`.
+        box_predictor: Detectron2's ``FastRCNNOutputLayers`` (its linear layers count).
+        units: int ``[R]``, the units each proposal ran (all of them without ACT).
+        pooled_size: ROIAlign output size (the first unit's input).
+        halting: count the ACT halting branches evaluated (each evaluated unit but
+            the block's last adds one, eq. 6); False for the dense reference.
+    """
+    blocks = res5.units
+    per_unit, size = [], tuple(pooled_size)
+    for unit in blocks:  # each unit densely on the proposal's map
+        cost, size = dense_unit_flops(unit, size)
+        per_unit.append(cost)
+    branch = (2 * res5.halting[0].global_logit.in_features) if halting and res5.adaptive else 0
+    # cost of running n units (n = 1..L): units 1..n, plus a branch after each but the L-th
+    cumulative = [sum(per_unit[:n]) + branch * min(n, len(blocks) - 1) for n in range(1, len(blocks) + 1)]
+    counts = torch.bincount(units.long().cpu(), minlength=len(blocks) + 1)[1:]
+    predictor = sum(linear_flops(m) for m in box_predictor.modules() if isinstance(m, nn.Linear))
+    return int(sum(int(c) * cost for c, cost in zip(counts, cumulative)) + predictor * units.numel())

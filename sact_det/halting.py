@@ -14,7 +14,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-__all__ = ["HaltingBranch", "masked_global_average", "tile_ids", "tile_mean", "tile_average"]
+__all__ = ["HaltingBranch", "masked_global_average", "set_test_halting_offset", "tile_ids", "tile_mean",
+           "tile_average"]
 
 
 def masked_global_average(x: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tensor:
@@ -53,14 +54,28 @@ class HaltingBranch(nn.Module):
             nn.init.normal_(self.spatial_logit.weight, std=weight_std)
         else:
             self.spatial_logit = None
+        # Added to the logit at inference only (MODEL.SACT.TEST_HALTING_OFFSET): a
+        # test-time compute knob, > 0 halts earlier. Not a parameter: checkpoints
+        # do not carry it.
+        self.test_offset = 0.0
 
     def forward(self, x: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Returns float32 halting scores, ``[B, 1, H, W]`` (SACT) or ``[B, 1, 1, 1]`` (ACT)."""
         pooled = masked_global_average(x, valid)
-        logit = (self.global_logit(pooled).float() + self.bias.float())[:, :, None, None]
+        bias = self.bias.float() + (0.0 if self.training else self.test_offset)
+        logit = (self.global_logit(pooled).float() + bias)[:, :, None, None]
         if self.spatial_logit is not None:
             logit = logit + self.spatial_logit(x).float()
         return torch.sigmoid(logit)
+
+
+def set_test_halting_offset(module: nn.Module, offset: float) -> int:
+    """Sets the test-time logit offset of every halting branch in ``module``
+    (the feature extractor's and any other's); returns how many it set."""
+    branches = [m for m in module.modules() if isinstance(m, HaltingBranch)]
+    for branch in branches:
+        branch.test_offset = float(offset)
+    return len(branches)
 
 
 def tile_ids(batch: int, height: int, width: int, tile_size: int, device=None) -> torch.Tensor:

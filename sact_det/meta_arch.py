@@ -8,7 +8,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from detectron2.structures import Instances
 from detectron2.utils.events import get_event_storage
 
-from .report import build_reports
+from .report import add_detector_flops, build_reports
 
 __all__ = ["SACTRCNN"]
 
@@ -58,7 +58,8 @@ class SACTRCNN(GeneralizedRCNN):
         if self.vis_period > 0 and get_event_storage().iter % self.vis_period == 0:
             self.visualize_training(batched_inputs, proposals)
 
-        losses = {**detector_losses, **proposal_losses}
+        losses = {**detector_losses, **proposal_losses}  # with loss_ponder_head for an ACT box head
+        # The feature extractor's blocks; an ACT box head logs sact/*/head itself.
         adaptive = {k: v for k, v in stage_outputs.items() if v.ponder_map is not None}
         storage = get_event_storage()
         for name, out in stage_outputs.items():
@@ -77,15 +78,21 @@ class SACTRCNN(GeneralizedRCNN):
                   do_postprocess: bool = True):
         assert not self.training
         images, features, stage_outputs = self._extract(batched_inputs)
+        head_reports = None
         if detected_instances is None:
             proposals, _ = self.proposal_generator(images, features, None)
-            results, _ = self.roi_heads(images, features, proposals, None)
+            results, head_reports = self.roi_heads(images, features, proposals, None)
         else:
             detected_instances = [x.to(self.device) for x in detected_instances]
             results = self.roi_heads.forward_with_given_boxes(features, detected_instances)
         if not do_postprocess:
             return results
         processed = GeneralizedRCNN._postprocess(results, batched_inputs, images.image_sizes)
-        for output, report in zip(processed, build_reports(self.backbone, stage_outputs, images.image_sizes)):
+        reports = build_reports(self.backbone, stage_outputs, images.image_sizes)
+        if head_reports:
+            stride = self.backbone.output_shape()[self.roi_heads.in_features[0]].stride
+            add_detector_flops(reports, self.proposal_generator.rpn_head, stride, head_reports,
+                               self.roi_heads.res5.num_units)
+        for output, report in zip(processed, reports):
             output["sact"] = report
         return processed

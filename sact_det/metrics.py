@@ -16,7 +16,7 @@ from scipy.stats import rankdata
 
 from .maps import image_to_grid
 
-__all__ = ["auc_judd", "roc_auc", "object_mask", "object_auc"]
+__all__ = ["auc_judd", "roc_auc", "object_mask", "object_cells", "object_auc", "object_agreement"]
 
 
 def auc_judd(saliency: np.ndarray, fixations: np.ndarray, jitter: bool = True, seed: int = 0) -> float:
@@ -83,16 +83,42 @@ def object_mask(annotations: Sequence[dict], height: int, width: int) -> np.ndar
     return mask
 
 
-def object_auc(ponder_grid: torch.Tensor, objects: np.ndarray, input_size: Tuple[int, int],
-               stride: int) -> float:
-    """ROC AUC of a ponder map predicting the objects: cells of the map's grid
-    are positive when objects cover at least half of them.
+def object_cells(objects: np.ndarray, input_size: Tuple[int, int], grid_shape: Tuple[int, int],
+                 stride: int) -> np.ndarray:
+    """Bool ``grid_shape``: the cells of a map of ``stride`` that objects cover
+    at least half of.
 
     Args:
-        ponder_grid: ``[h, w]`` total ponder map on its grid.
         objects: bool object pixels over the original image (:func:`object_mask`).
         input_size: (height, width) of the network input the grid covers.
-        stride: pixels of the network input per cell.
     """
-    coverage = image_to_grid(objects, input_size, tuple(ponder_grid.shape), stride)
-    return roc_auc(np.asarray(ponder_grid), coverage >= 0.5)
+    return image_to_grid(objects, input_size, tuple(grid_shape), stride) >= 0.5
+
+
+def object_auc(ponder_grid: torch.Tensor, objects: np.ndarray, input_size: Tuple[int, int],
+               stride: int) -> float:
+    """ROC AUC of a ponder map ``[h, w]`` (on its grid, of ``stride`` input
+    pixels per cell) predicting the object cells (:func:`object_cells`)."""
+    return roc_auc(np.asarray(ponder_grid), object_cells(objects, input_size, tuple(ponder_grid.shape), stride))
+
+
+def object_agreement(report, objects: np.ndarray) -> dict:
+    """Where an image's computation went, from its
+    :class:`~sact_det.report.SACTReport` and its object pixels: the ROC AUC of
+    the total ponder map for the object cells, and per block the AUC and the
+    mean ponder cost on object and on background cells. A block whose grid has
+    no object cell (small objects on a coarse grid) or no background cell gets
+    None."""
+    result = {"object_auc": None, "object_auc_per_block": {}, "ponder_on_objects": {},
+              "ponder_on_background": {}}
+    cells = object_cells(objects, report.image_size, tuple(report.ponder_map.shape), report.ponder_map_stride)
+    if cells.any() and not cells.all():
+        result["object_auc"] = roc_auc(report.ponder_map.numpy(), cells)
+    for block, ponder in report.ponder_maps.items():
+        ponder = ponder.numpy()
+        cells = object_cells(objects, report.image_size, ponder.shape, report.ponder_strides[block])
+        usable = cells.any() and not cells.all()
+        result["object_auc_per_block"][block] = roc_auc(ponder, cells) if usable else None
+        result["ponder_on_objects"][block] = float(ponder[cells].mean()) if usable else None
+        result["ponder_on_background"][block] = float(ponder[~cells].mean()) if usable else None
+    return result

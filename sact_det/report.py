@@ -11,10 +11,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .flops import stage_flops, stem_flops
+from .flops import rpn_flops, stage_flops, stem_flops
 from .maps import total_ponder_map
 
-__all__ = ["SACTReport", "build_reports"]
+__all__ = ["SACTReport", "build_reports", "add_detector_flops"]
 
 
 @dataclass
@@ -35,8 +35,17 @@ class SACTReport:
     ponder_cost: Optional[float] = None  # sum over blocks of rho (eq. 11, Alg. 2 line 37)
     ponder_cost_per_block: Optional[Dict[str, float]] = None
     ponder_maps: Optional[Dict[str, torch.Tensor]] = None  # per block, float32 [h_k, w_k] on its grid
+    ponder_strides: Optional[Dict[str, int]] = None  # input pixels per cell of each block's map
     ponder_map: Optional[torch.Tensor] = None  # total, on the finest block's grid
     ponder_map_stride: Optional[int] = None  # input pixels per cell of ponder_map
+    # The whole detector (None until add_detector_flops): the RPN head on the image's
+    # res4 map, and the res5 box head on its proposals as evaluated.
+    rpn_flops: Optional[int] = None
+    box_head_flops: Optional[int] = None
+    box_head_dense_flops: Optional[int] = None  # every res5 unit on every proposal
+    num_proposals: Optional[int] = None
+    head_units: Optional[float] = None  # mean units per proposal (ACT head), else None
+    head_halting_shares: Optional[List[float]] = None  # share of proposals halting after each unit
 
     @property
     def flops_pct(self) -> float:
@@ -44,16 +53,39 @@ class SACTReport:
         return 100.0 * self.flops / self.dense_flops
 
     @property
+    def detector_flops(self) -> Optional[int]:
+        """Feature extractor + RPN + box head."""
+        return None if self.rpn_flops is None else self.flops + self.rpn_flops + self.box_head_flops
+
+    @property
+    def detector_dense_flops(self) -> Optional[int]:
+        """The same detector run densely: the dense reference feature extractor,
+        the RPN and every res5 unit on every proposal (no halting branches);
+        for the paper's configs, Detectron2's R-101-C4 Faster R-CNN."""
+        return None if self.rpn_flops is None else self.dense_flops + self.rpn_flops + self.box_head_dense_flops
+
+    @property
+    def detector_flops_pct(self) -> Optional[float]:
+        return None if self.rpn_flops is None else 100.0 * self.detector_flops / self.detector_dense_flops
+
+    @property
     def adaptive(self) -> bool:
         return self.ponder_maps is not None
 
     def record(self) -> dict:
         """The scalars, JSON-ready (maps left out)."""
-        return {
+        record = {
             "image_size": list(self.image_size), "flops": self.flops, "flops_per_block": self.flops_per_block,
             "dense_flops": self.dense_flops, "flops_pct": self.flops_pct, "units_per_block": self.units_per_block,
             "ponder_cost": self.ponder_cost, "ponder_cost_per_block": self.ponder_cost_per_block,
         }
+        if self.rpn_flops is not None:
+            record.update(rpn_flops=self.rpn_flops, box_head_flops=self.box_head_flops,
+                          num_proposals=self.num_proposals, detector_flops=self.detector_flops,
+                          detector_dense_flops=self.detector_dense_flops,
+                          detector_flops_pct=self.detector_flops_pct, head_units=self.head_units,
+                          head_halting_shares=self.head_halting_shares)
+        return record
 
 
 def build_reports(backbone, stage_outputs: Dict[str, "StageOutput"],  # noqa: F821
@@ -93,7 +125,22 @@ def build_reports(backbone, stage_outputs: Dict[str, "StageOutput"],  # noqa: F8
             report.ponder_cost_per_block = {k: float(v[index]) for k, v in ponder.items()}
             report.ponder_cost = sum(report.ponder_cost_per_block.values())
             report.ponder_maps = maps
+            report.ponder_strides = {name: strides[name] for name in maps}
             report.ponder_map = total_ponder_map(list(maps.values()))
             report.ponder_map_stride = strides[next(iter(maps))]
         reports.append(report)
     return reports
+
+
+def add_detector_flops(reports: List[SACTReport], rpn_head, feature_stride: int, head_reports,
+                       head_num_units: int) -> None:
+    """Fills the whole-detector fields of each report: the RPN head on the
+    image's own feature map (``ceil(size / stride)``), and the box head from its
+    :class:`~sact_det.roi_heads.HeadReport`."""
+    for report, head in zip(reports, head_reports):
+        size = tuple(-(-n // feature_stride) for n in report.image_size)
+        report.rpn_flops = rpn_flops(rpn_head, size)
+        report.box_head_flops, report.box_head_dense_flops = head.flops, head.dense_flops
+        report.num_proposals = head.num_proposals
+        report.head_units = head.mean_units
+        report.head_halting_shares = head.halting_shares(head_num_units)

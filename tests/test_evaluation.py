@@ -6,7 +6,7 @@ import pytest
 import torch
 from fvcore.nn import FlopCountAnalysis
 
-from detectron2.data import DatasetCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
@@ -55,7 +55,8 @@ def test_report_fields(synthetic_root, tmp_path):
     metrics = results["sact"]
     assert set(metrics) == {"FLOPs", "FLOPs_std", "FLOPs_pct", "FLOPs_pct_std", "ponder_cost",
                             "ponder_cost_res2", "ponder_cost_res3", "ponder_cost_res4",
-                            "units_res2", "units_res3", "units_res4", "object_AUC"}
+                            "units_res2", "units_res3", "units_res4", "object_AUC",
+                            "object_AUC_res2", "object_AUC_res3", "object_AUC_res4"}
     report = json.load(open(tmp_path / REPORT_FILE))
     assert report["dataset"] == "synthetic_val"
     summary = report["summary"]
@@ -70,6 +71,20 @@ def test_report_fields(synthetic_root, tmp_path):
     assert summary["object_auc"]["images"] == len(images)
     assert all(0 <= r["object_auc"] <= 1 for r in images)
     assert metrics["object_AUC"] == pytest.approx(np.mean([r["object_auc"] for r in images]))
+    # Per block and per background type (the synthetic json records each image's background).
+    backgrounds = {image["id"]: image["background"]
+                   for image in json.load(open(MetadataCatalog.get("synthetic_val").json_file))["images"]}
+    assert all(r["background"] == backgrounds[r["image_id"]] for r in images)
+    agreement = summary["agreement"]
+    assert set(agreement) == {"all"} | set(backgrounds.values())
+    for block in ("res2", "res3", "res4"):
+        values = [r["object_auc_per_block"][block] for r in images if r["object_auc_per_block"][block] is not None]
+        assert values and agreement["all"]["per_block"][block]["mean"] == pytest.approx(np.mean(values))
+        on_objects = [r["ponder_on_objects"][block] for r in images if r["ponder_on_objects"][block] is not None]
+        assert agreement["all"]["ponder_on_objects"][block]["mean"] == pytest.approx(np.mean(on_objects))
+    for background in set(backgrounds.values()):
+        group = [r["object_auc"] for r in images if r["background"] == background]
+        assert agreement[background]["object_auc"]["mean"] == pytest.approx(np.mean(group))
     per_image = [r["ponder_cost"] for r in images]
     assert summary["ponder_cost"]["mean"] == pytest.approx(np.mean(per_image))
     assert metrics["ponder_cost"] == pytest.approx(

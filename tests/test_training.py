@@ -61,7 +61,9 @@ def test_training_logs_a_finite_ponder_loss(synthetic_root, tmp_path):
     assert 3 + 4 + 6 < total <= 3 + 4 + 6 + 3
     metrics = [json.loads(line) for line in open(tmp_path / "metrics.json")]
     assert any("loss_ponder" in m and "sact/units/res4" in m for m in metrics)
-    assert any("sact/FLOPs" in m for m in metrics)  # evaluation at the end of training
+    # Evaluation at the end of training, on both validation splits.
+    for dataset in ("synthetic_val", "synthetic_val_heldout"):
+        assert any(f"{dataset}/sact/FLOPs" in m and f"{dataset}/bbox/AP" in m for m in metrics)
 
 
 def test_eval_only_reports_boxes_and_per_image_flops(synthetic_root, tmp_path):
@@ -74,8 +76,10 @@ def test_eval_only_reports_boxes_and_per_image_flops(synthetic_root, tmp_path):
          *sum([[k, v] for k, v in zip(cfg_opts(cfg)[::2], cfg_opts(cfg)[1::2])], []),
          "MODEL.WEIGHTS", weights, "OUTPUT_DIR", str(tmp_path / "eval")])
     results = main(args)
-    assert set(results["bbox"]) >= {"AP", "AP50", "AP75"}
-    assert results["sact"]["FLOPs"] > 0 and 0 < results["sact"]["FLOPs_pct"] < 200
+    assert set(results) == {"synthetic_val", "synthetic_val_heldout"}
+    for dataset_results in results.values():
+        assert set(dataset_results["bbox"]) >= {"AP", "AP50", "AP75"}
+        assert dataset_results["sact"]["FLOPs"] > 0 and 0 < dataset_results["sact"]["FLOPs_pct"] < 200
     report = json.load(open(tmp_path / "eval" / "inference" / "synthetic_val" / "sact_report.json"))
     assert report["summary"]["num_images"] == 4 == len(report["images"])
     assert all(r["flops"] > 0 and r["num_detections"] is not None for r in report["images"])

@@ -1,18 +1,21 @@
 """Dataset registration: the built-in synthetic COCO-format dataset, and checks
 that registered COCO-format datasets exist before a run starts."""
+import logging
 import os
 from typing import Iterable
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 
-from .synthetic import CATEGORIES, generate_dataset, split_paths
+from .synthetic import CATEGORIES, DATASET_VERSION, dataset_version, generate_dataset, split_paths
 
 __all__ = ["SYNTHETIC_SPLITS", "default_synthetic_root", "register_synthetic",
            "ensure_synthetic", "check_datasets_exist"]
 
+logger = logging.getLogger("sact_det")
+
 # Dataset name -> split directory.
-SYNTHETIC_SPLITS = {"synthetic_train": "train", "synthetic_val": "val"}
+SYNTHETIC_SPLITS = {"synthetic_train": "train", "synthetic_val": "val", "synthetic_val_heldout": "val_heldout"}
 
 
 def default_synthetic_root() -> str:
@@ -22,7 +25,7 @@ def default_synthetic_root() -> str:
 
 
 def register_synthetic(root: str = None) -> None:
-    """Registers ``synthetic_train`` and ``synthetic_val`` at ``root`` with
+    """Registers ``synthetic_train``, ``synthetic_val`` and ``synthetic_val_heldout`` at ``root`` with
     Detectron2 (through ``load_coco_json``, as COCO); re-registering moves them."""
     root = root or default_synthetic_root()
     for name, split in SYNTHETIC_SPLITS.items():
@@ -37,10 +40,18 @@ def register_synthetic(root: str = None) -> None:
 
 
 def ensure_synthetic(root: str = None, **generate_kwargs) -> str:
-    """Generates the synthetic dataset at ``root`` unless both splits exist,
-    registers it, and returns the root."""
+    """Generates the synthetic dataset at ``root`` unless every split exists at
+    the generator's current version (an older copy is regenerated, with a
+    message), registers it, and returns the root."""
     root = root or default_synthetic_root()
-    if not all(os.path.isfile(split_paths(root, s)[0]) for s in SYNTHETIC_SPLITS.values()):
+    jsons = [split_paths(root, s)[0] for s in SYNTHETIC_SPLITS.values()]
+    if not all(os.path.isfile(j) for j in jsons):
+        logger.info(f"generating the synthetic dataset (version {DATASET_VERSION}) under {root}")
+        generate_dataset(root, **generate_kwargs)
+    elif any(dataset_version(j) != DATASET_VERSION for j in jsons):
+        found = sorted({dataset_version(j) for j in jsons})
+        logger.warning(f"the synthetic dataset under {root} is version {found}; regenerating version "
+                       f"{DATASET_VERSION}")
         generate_dataset(root, **generate_kwargs)
     register_synthetic(root)
     return root

@@ -1,13 +1,28 @@
-"""A synthetic COCO-format detection dataset, written to disk.
+"""A synthetic COCO-format detection dataset, written to disk (version 2).
 
-Every command of the project runs without COCO on it: images are JPEGs with a
-few objects of four categories (disc, square, triangle, star) of varied sizes
-on a textured, cluttered background, and the annotations are a real COCO
-``instances_*.json`` (boxes, polygons, areas), loaded through the same
-``load_coco_json`` path as COCO. Objects cover a minority of each image, so a
-SACT model can save computation on the background. An object's category is its
-shape alone (colours and striped textures are random); the background is muted
-with low-contrast clutter. Output is deterministic for a given seed.
+Every command of the project runs without COCO on it: JPEG images with
+objects of four categories (disc, square, triangle, star) and a real COCO
+``instances_*.json`` (boxes, visible-region masks as RLE, areas), loaded
+through the same ``load_coco_json`` path as COCO.
+
+What varies, independently of the category (an object's category is its
+shape alone):
+
+* object appearance: flat colour, stripes, noise texture, colour gradient, or
+  low contrast against the background around it;
+* object scale: 7-45 % of the image's shorter side, log-uniform, so many are
+  small (a few cells of the stride-16 feature map);
+* occlusion: objects overlap each other and distractors, up to 40 % of an
+  object hidden (annotations are the visible region);
+* background: plain, smooth colour field, texture, or clutter (lines, blobs
+  and extra distractors);
+* distractors: shapes of no category (elongated ellipse, ring, cross,
+  crescent, bar) in the same appearances as objects.
+
+The held-out split uses object appearances (checkerboard, dots, concentric
+rings) and backgrounds (grid, marble) that the training split never shows.
+Each image records its background style (``"background"``) and each annotation
+its appearance (``"style"``). Output is deterministic for a seed.
 """
 import json
 import math
@@ -16,8 +31,12 @@ from typing import Dict, List, Tuple
 
 import cv2
 import numpy as np
+from pycocotools import mask as mask_utils
 
-__all__ = ["CATEGORIES", "render_image", "generate_split", "generate_dataset", "split_paths"]
+__all__ = ["DATASET_VERSION", "CATEGORIES", "OBJECT_STYLES", "BACKGROUND_STYLES", "render_image",
+           "generate_split", "generate_dataset", "split_paths", "dataset_version"]
+
+DATASET_VERSION = 2
 
 CATEGORIES = [
     {"id": 1, "name": "disc", "supercategory": "shape"},
@@ -25,6 +44,14 @@ CATEGORIES = [
     {"id": 3, "name": "triangle", "supercategory": "shape"},
     {"id": 4, "name": "star", "supercategory": "shape"},
 ]
+# Appearances and backgrounds of the training/validation split and of the held-out split.
+OBJECT_STYLES = {"train": ("flat", "striped", "noise", "gradient", "low_contrast"),
+                 "heldout": ("checker", "dots", "rings")}
+BACKGROUND_STYLES = {"train": ("plain", "smooth", "texture", "clutter"), "heldout": ("grid", "marble")}
+DISTRACTORS = ("ellipse", "ring", "cross", "crescent", "bar")
+
+MIN_VISIBLE = 0.6  # an object keeps at least this share of its area visible
+SIZE_RANGE = (0.07, 0.45)  # object size (circumscribed diameter) / shorter image side
 
 
 def split_paths(root: str, split: str) -> Tuple[str, str]:
@@ -33,100 +60,249 @@ def split_paths(root: str, split: str) -> Tuple[str, str]:
             os.path.join(root, split))
 
 
-def _background(rng: np.random.RandomState, height: int, width: int) -> np.ndarray:
-    """Muted low-frequency colour field, grain and clutter (lines, blobs)."""
-    coarse = rng.uniform(70, 180, size=(4, 5, 3)).astype(np.float32)
-    coarse = 0.5 * coarse + 0.5 * coarse.mean(axis=2, keepdims=True)  # desaturated
-    image = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
-    image += rng.normal(0, 8, size=image.shape).astype(np.float32)
-    # Clutter of low contrast: thin lines and small blobs a little darker or
-    # lighter than the local background.
-    for _ in range(rng.randint(3, 9)):
-        p1 = (int(rng.randint(0, width)), int(rng.randint(0, height)))
-        p2 = (int(rng.randint(0, width)), int(rng.randint(0, height)))
-        shade = float(rng.choice([-1, 1]) * rng.uniform(15, 35))
+def dataset_version(json_file: str) -> int:
+    """The generator version recorded in a split's json (1 before versions were recorded)."""
+    with open(json_file) as f:
+        return int(json.load(f).get("info", {}).get("version", 1))
+
+
+# --- colours and fields ------------------------------------------------------------------
+def _colour(rng, saturation=(120, 256), value=(110, 256)) -> np.ndarray:
+    """A random BGR colour, float32 [3]."""
+    hsv = np.uint8([[[rng.randint(0, 180), rng.randint(*saturation), rng.randint(*value)]]])
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0].astype(np.float32)
+
+
+def _noise(rng, height: int, width: int, cell: float) -> np.ndarray:
+    """Band-limited noise in [-1, 1] with features of about ``cell`` pixels."""
+    coarse = rng.uniform(-1, 1, size=(max(2, int(height / cell) + 2), max(2, int(width / cell) + 2)))
+    return cv2.resize(coarse.astype(np.float32), (width, height), interpolation=cv2.INTER_CUBIC).clip(-1, 1)
+
+
+def _grid(height: int, width: int):
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    return yy, xx
+
+
+def _stripes(rng, height, width, period) -> np.ndarray:
+    """Stripe weights in [0, 1] of random orientation."""
+    yy, xx = _grid(height, width)
+    angle = rng.uniform(0, math.pi)
+    return 0.5 + 0.5 * np.sin((xx * math.cos(angle) + yy * math.sin(angle)) * 2 * math.pi / period)
+
+
+def _mix(weight: np.ndarray, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    return weight[..., None] * first + (1 - weight[..., None]) * second
+
+
+# --- backgrounds ---------------------------------------------------------------------------
+def _background(rng, style: str, height: int, width: int) -> np.ndarray:
+    """A float32 BGR background of the given style."""
+    grain = rng.normal(0, 4, size=(height, width, 3)).astype(np.float32)
+    if style == "plain":
+        return np.broadcast_to(_colour(rng, (20, 140), (80, 220)), (height, width, 3)) + grain
+    if style in ("smooth", "clutter"):  # muted low-frequency colour field
+        coarse = rng.uniform(70, 180, size=(4, 5, 3)).astype(np.float32)
+        coarse = 0.5 * coarse + 0.5 * coarse.mean(axis=2, keepdims=True)
+        image = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC) + grain
+        if style == "clutter":
+            image = _clutter(rng, image)
+        return image
+    if style == "texture":  # two octaves of noise modulating a colour
+        base = _colour(rng, (30, 160), (90, 210))
+        field = 0.6 * _noise(rng, height, width, rng.uniform(6, 14)) + 0.4 * _noise(rng, height, width, 3)
+        return base * (1 + 0.35 * field[..., None]) + grain
+    if style == "grid":  # held out: a regular checkerboard or grid of two close colours
+        first, second = _colour(rng, (30, 200), (90, 220)), _colour(rng, (30, 200), (90, 220))
+        yy, xx = _grid(height, width)
+        period = rng.uniform(10, 24)
+        if rng.rand() < 0.5:
+            weight = ((np.floor(xx / period) + np.floor(yy / period)) % 2).astype(np.float32)
+        else:
+            weight = (((xx % period) < 2) | ((yy % period) < 2)).astype(np.float32)
+        return _mix(weight, first, second) + grain
+    if style == "marble":  # held out: high-contrast turbulent veins
+        yy, xx = _grid(height, width)
+        turbulence = _noise(rng, height, width, 20) + 0.5 * _noise(rng, height, width, 7)
+        veins = 0.5 + 0.5 * np.sin(xx / rng.uniform(6, 12) + 4 * turbulence)
+        return _mix(veins.astype(np.float32), _colour(rng), _colour(rng, (0, 80), (40, 140))) + grain
+    raise ValueError(f"unknown background style {style!r}")
+
+
+def _clutter(rng, image: np.ndarray) -> np.ndarray:
+    """Low-contrast lines and blobs a little darker or lighter than the background."""
+    height, width = image.shape[:2]
+    for _ in range(rng.randint(5, 14)):
         layer = np.zeros((height, width), np.float32)
-        cv2.line(layer, p1, p2, 1.0, 1, cv2.LINE_AA)
-        image += shade * layer[..., None]
-    for _ in range(rng.randint(3, 9)):
-        center = (int(rng.randint(0, width)), int(rng.randint(0, height)))
-        axes = (int(rng.randint(2, 6)), int(rng.randint(2, 6)))
-        layer = np.zeros((height, width), np.float32)
-        cv2.ellipse(layer, center, axes, float(rng.uniform(0, 180)), 0, 360, 1.0, -1)
-        image += float(rng.choice([-1, 1]) * rng.uniform(15, 35)) * layer[..., None]
+        if rng.rand() < 0.5:
+            p1 = (int(rng.randint(0, width)), int(rng.randint(0, height)))
+            p2 = (int(rng.randint(0, width)), int(rng.randint(0, height)))
+            cv2.line(layer, p1, p2, 1.0, int(rng.randint(1, 3)), cv2.LINE_AA)
+        else:
+            center = (int(rng.randint(0, width)), int(rng.randint(0, height)))
+            axes = (int(rng.randint(2, 8)), int(rng.randint(2, 8)))
+            cv2.ellipse(layer, center, axes, float(rng.uniform(0, 180)), 0, 360, 1.0, -1)
+        image = image + float(rng.choice([-1, 1]) * rng.uniform(15, 40)) * layer[..., None]
     return image
 
 
-def _texture(rng: np.random.RandomState, height: int, width: int) -> np.ndarray:
-    """Two saturated colours of random hues in stripes of random orientation and
-    period: an object's class is its shape, not its colour or texture."""
-    hues = rng.randint(0, 180, size=2)
-    hsv = np.uint8([[[h, rng.randint(160, 256), rng.randint(140, 256)] for h in hues]])
-    colours = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0].astype(np.float32)
-    angle, period = rng.uniform(0, math.pi), rng.uniform(6, 16)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    phase = (xx * math.cos(angle) + yy * math.sin(angle)) * 2 * math.pi / period
-    weight = (0.5 + 0.5 * np.sin(phase))[..., None]
-    return weight * colours[0] + (1 - weight) * colours[1]
-
-
-def _polygon(category: int, cx: float, cy: float, size: float, angle: float) -> np.ndarray:
-    """Vertices ``[K, 2]`` of an object of ``size`` pixels (its circumscribed diameter)."""
-    r = size / 2
-    if category == 1:  # disc
-        t = np.linspace(0, 2 * math.pi, 32, endpoint=False)
-        radii = np.full_like(t, r)
-    elif category == 2:  # square
-        t = angle + np.arange(4) * math.pi / 2 + math.pi / 4
-        radii = np.full_like(t, r)
-    elif category == 3:  # triangle
-        t = angle + np.arange(3) * 2 * math.pi / 3
-        radii = np.full_like(t, r)
-    else:  # five-pointed star
-        t = angle + np.arange(10) * math.pi / 5
-        radii = np.where(np.arange(10) % 2 == 0, r, r * 0.45)
-    return np.stack([cx + radii * np.cos(t), cy + radii * np.sin(t)], axis=1)
-
-
-def _overlaps(box, boxes, margin=4) -> bool:
+# --- object appearance ----------------------------------------------------------------------
+def _appearance(rng, style: str, height: int, width: int, box, local_colour: np.ndarray) -> np.ndarray:
+    """A float32 BGR fill of the given style for an object with bounding box
+    ``box`` (x0, y0, x1, y1); ``local_colour`` is the background under it."""
     x0, y0, x1, y1 = box
-    return any(x0 < b[2] + margin and b[0] < x1 + margin and y0 < b[3] + margin
-               and b[1] < y1 + margin for b in boxes)
+    size = max(x1 - x0, y1 - y0, 4.0)
+    first, second = _colour(rng), _colour(rng)
+    if style == "flat":
+        return np.broadcast_to(first, (height, width, 3))
+    if style == "striped":
+        return _mix(_stripes(rng, height, width, rng.uniform(max(3.0, size / 12), max(4.0, size / 4))), first, second)
+    if style == "noise":
+        field = _noise(rng, height, width, rng.uniform(2, max(3.0, size / 6)))
+        return first * (1 + rng.uniform(0.3, 0.6) * field[..., None])
+    if style == "gradient":
+        yy, xx = _grid(height, width)
+        angle = rng.uniform(0, 2 * math.pi)
+        t = ((xx - x0) * math.cos(angle) + (yy - y0) * math.sin(angle)) / size
+        return _mix(np.clip(t, 0, 1).astype(np.float32), first, second)
+    if style == "low_contrast":  # the background's colour, a little lighter or darker
+        shift = float(rng.choice([-1, 1]) * rng.uniform(18, 35))
+        return np.broadcast_to(local_colour + shift + rng.normal(0, 6, 3).astype(np.float32), (height, width, 3))
+    if style == "checker":
+        yy, xx = _grid(height, width)
+        angle, cell = rng.uniform(0, math.pi / 2), rng.uniform(max(2.0, size / 14), max(3.0, size / 5))
+        u, v = xx * math.cos(angle) + yy * math.sin(angle), -xx * math.sin(angle) + yy * math.cos(angle)
+        return _mix(((np.floor(u / cell) + np.floor(v / cell)) % 2).astype(np.float32), first, second)
+    if style == "dots":
+        yy, xx = _grid(height, width)
+        period = rng.uniform(max(4.0, size / 8), max(5.0, size / 3))
+        dist = np.hypot((xx % period) - period / 2, (yy % period) - period / 2)
+        return _mix((dist < period * 0.3).astype(np.float32), first, second)
+    if style == "rings":
+        yy, xx = _grid(height, width)
+        dist = np.hypot(xx - (x0 + x1) / 2, yy - (y0 + y1) / 2)
+        return _mix((0.5 + 0.5 * np.sin(dist * 2 * math.pi / rng.uniform(4, max(5.0, size / 4)))).astype(np.float32),
+                    first, second)
+    raise ValueError(f"unknown object style {style!r}")
 
 
-def render_image(rng: np.random.RandomState, height: int, width: int,
-                 max_objects: int = 4) -> Tuple[np.ndarray, List[Dict]]:
-    """One BGR image and its objects (category and polygon)."""
-    image = _background(rng, height, width)
-    objects, boxes = [], []
+# --- shapes ---------------------------------------------------------------------------------
+def _polygon(shape: str, cx: float, cy: float, size: float, angle: float, rng) -> List[np.ndarray]:
+    """Outer (and, for the ring, inner) contour ``[K, 2]`` of a shape of ``size``
+    pixels (circumscribed diameter)."""
+    r = size / 2
+
+    def ring_of(radii, t):
+        return np.stack([cx + radii * np.cos(t), cy + radii * np.sin(t)], axis=1)
+
+    if shape == "disc":
+        t = np.linspace(0, 2 * math.pi, 40, endpoint=False)
+        return [ring_of(np.full_like(t, r), t)]
+    if shape == "square":
+        t = angle + np.arange(4) * math.pi / 2 + math.pi / 4
+        return [ring_of(np.full_like(t, r), t)]
+    if shape == "triangle":
+        t = angle + np.arange(3) * 2 * math.pi / 3
+        return [ring_of(np.full_like(t, r), t)]
+    if shape == "star":
+        t = angle + np.arange(10) * math.pi / 5
+        return [ring_of(np.where(np.arange(10) % 2 == 0, r, r * 0.45), t)]
+    # Distractors: no category.
+    t = np.linspace(0, 2 * math.pi, 40, endpoint=False)
+    cos, sin = math.cos(angle), math.sin(angle)
+    rotate = np.array([[cos, -sin], [sin, cos]])
+    if shape == "ellipse":  # elongated: never a disc
+        points = np.stack([r * np.cos(t), r / rng.uniform(2.5, 4.0) * np.sin(t)], axis=1)
+    elif shape == "ring":
+        return [ring_of(np.full_like(t, r), t), ring_of(np.full_like(t, r * rng.uniform(0.45, 0.7)), t)]
+    elif shape == "cross":
+        w = r * rng.uniform(0.25, 0.4)
+        points = np.array([[-w, -r], [w, -r], [w, -w], [r, -w], [r, w], [w, w], [w, r], [-w, r],
+                           [-w, w], [-r, w], [-r, -w], [-w, -w]])
+    elif shape == "crescent":  # a disc minus an offset disc
+        inner = r * rng.uniform(0.7, 0.85)
+        offset = r * rng.uniform(0.35, 0.5)
+        return [ring_of(np.full_like(t, r), t),
+                ring_of(np.full_like(t, inner), t) + [offset * cos, offset * sin]]
+    elif shape == "bar":
+        w = r * rng.uniform(0.12, 0.25)
+        points = np.array([[-r, -w], [r, -w], [r, w], [-r, w]])
+    else:
+        raise ValueError(f"unknown shape {shape!r}")
+    return [points @ rotate.T + [cx, cy]]
+
+
+def _fill(contours: List[np.ndarray], height: int, width: int) -> np.ndarray:
+    """Anti-aliased coverage in [0, 1] of the outer contour minus the inner one."""
+    mask = np.zeros((height, width), np.float32)
+    cv2.fillPoly(mask, [np.round(contours[0] * 16).astype(np.int32)], 1.0, cv2.LINE_AA, shift=4)
+    if len(contours) > 1:
+        cv2.fillPoly(mask, [np.round(contours[1] * 16).astype(np.int32)], 0.0, cv2.LINE_AA, shift=4)
+    return mask
+
+
+def render_image(rng: np.random.RandomState, height: int, width: int, max_objects: int = 5,
+                 split_styles: str = "train") -> Tuple[np.ndarray, List[Dict], str]:
+    """One uint8 BGR image, its objects (category, style, visible bool mask) and
+    its background style. ``split_styles``: "train" or "heldout" (the
+    appearances and backgrounds drawn from)."""
+    background = str(rng.choice(BACKGROUND_STYLES[split_styles]))
+    image = _background(rng, background, height, width)
+    styles = OBJECT_STYLES[split_styles]
+    num_objects = rng.randint(1, max_objects + 1)
+    num_distractors = rng.randint(3, 6) if background == "clutter" else rng.randint(0, 3)
+    layers = ["object"] * num_objects + ["distractor"] * num_distractors
+    rng.shuffle(layers)  # distractors in front of some objects, behind others
     short = min(height, width)
-    for _ in range(rng.randint(1, max_objects + 1)):
-        for _attempt in range(20):  # rejection sampling of a free place
-            category = int(rng.randint(1, len(CATEGORIES) + 1))
-            size = float(rng.uniform(0.12, 0.4) * short)
+    objects = []  # dicts with "coverage" (full shape) and "visible"
+    for kind in layers:
+        for _attempt in range(30):  # rejection sampling: keep every object mostly visible
+            shape = (CATEGORIES[rng.randint(len(CATEGORIES))]["name"] if kind == "object"
+                     else str(rng.choice(DISTRACTORS)))
+            size = short * math.exp(rng.uniform(math.log(SIZE_RANGE[0]), math.log(SIZE_RANGE[1])))
             cx, cy = rng.uniform(size / 2, width - size / 2), rng.uniform(size / 2, height - size / 2)
-            poly = _polygon(category, cx, cy, size, rng.uniform(0, 2 * math.pi))
-            x0, y0 = poly.min(axis=0)
-            x1, y1 = poly.max(axis=0)
-            if not _overlaps((x0, y0, x1, y1), boxes):
+            contours = _polygon(shape, cx, cy, size, rng.uniform(0, 2 * math.pi), rng)
+            coverage = _fill(contours, height, width)
+            solid = coverage > 0.5
+            if solid.sum() < 12:
+                continue
+            if all((o["visible"] & ~solid).sum() >= MIN_VISIBLE * o["area"] for o in objects):
                 break
         else:
             continue
-        mask = np.zeros((height, width), np.float32)
-        cv2.fillPoly(mask, [np.round(poly * 16).astype(np.int32)], 1.0, cv2.LINE_AA, shift=4)
-        mask = mask[..., None]
-        image = mask * _texture(rng, height, width) + (1 - mask) * image
-        boxes.append((x0, y0, x1, y1))
-        objects.append({"category_id": category, "polygon": poly})
-    return np.clip(image, 0, 255).astype(np.uint8), objects
+        x0, y0 = contours[0].min(axis=0)
+        x1, y1 = contours[0].max(axis=0)
+        style = str(rng.choice(styles))
+        local = image[solid].mean(axis=0)
+        fill = _appearance(rng, style, height, width, (x0, y0, x1, y1), local)
+        image = coverage[..., None] * fill + (1 - coverage[..., None]) * image
+        for other in objects:
+            other["visible"] &= ~solid
+        if kind == "object":
+            category = next(c["id"] for c in CATEGORIES if c["name"] == shape)
+            objects.append({"category_id": category, "style": style, "visible": solid.copy(),
+                            "area": int(solid.sum())})
+    return np.clip(image, 0, 255).astype(np.uint8), objects, background
+
+
+def _annotation(obj: Dict, annotation_id: int, image_id: int) -> Dict:
+    """COCO annotation of an object's visible region (box, RLE mask, area)."""
+    rle = mask_utils.encode(np.asfortranarray(obj["visible"].astype(np.uint8)))
+    x, y, w, h = (float(v) for v in mask_utils.toBbox(rle))
+    return {"id": annotation_id, "image_id": image_id, "category_id": obj["category_id"],
+            "bbox": [x, y, w, h], "area": float(mask_utils.area(rle)), "iscrowd": 0,
+            "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")},
+            "style": obj["style"]}
 
 
 def generate_split(root: str, split: str, num_images: int, seed: int,
-                   size_range=((224, 288), (288, 384)), max_objects: int = 4) -> str:
+                   size_range=((224, 288), (288, 384)), max_objects: int = 5,
+                   split_styles: str = "train") -> str:
     """Writes ``num_images`` images and their COCO json; returns the json path.
 
     Args:
         size_range: ((min_h, max_h), (min_w, max_w)) of the images, in pixels.
+        split_styles: "train" or "heldout" appearances and backgrounds.
     """
     json_path, image_dir = split_paths(root, split)
     os.makedirs(image_dir, exist_ok=True)
@@ -136,41 +312,37 @@ def generate_split(root: str, split: str, num_images: int, seed: int,
     for image_id in range(1, num_images + 1):
         height = int(rng.randint(size_range[0][0], size_range[0][1] + 1))
         width = int(rng.randint(size_range[1][0], size_range[1][1] + 1))
-        image, objects = render_image(rng, height, width, max_objects)
+        image, objects, background = render_image(rng, height, width, max_objects, split_styles)
         file_name = f"{image_id:06d}.jpg"
         if not cv2.imwrite(os.path.join(image_dir, file_name), image, [cv2.IMWRITE_JPEG_QUALITY, 92]):
             raise OSError(f"could not write {os.path.join(image_dir, file_name)}")
-        images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
+        images.append({"id": image_id, "file_name": file_name, "height": height, "width": width,
+                       "background": background})
         for obj in objects:
-            poly = obj["polygon"].clip([0, 0], [width, height])
-            x0, y0 = poly.min(axis=0)
-            x1, y1 = poly.max(axis=0)
-            annotations.append({
-                "id": len(annotations) + 1,
-                "image_id": image_id,
-                "category_id": obj["category_id"],
-                "bbox": [round(float(x0), 2), round(float(y0), 2),
-                         round(float(x1 - x0), 2), round(float(y1 - y0), 2)],
-                "area": round(float(cv2.contourArea(poly.astype(np.float32))), 2),
-                "iscrowd": 0,
-                "segmentation": [[round(float(v), 2) for v in poly.reshape(-1)]],
-            })
+            annotations.append(_annotation(obj, len(annotations) + 1, image_id))
     coco = {
-        "info": {"description": f"sact-det synthetic shapes, split {split}, seed {seed}"},
+        "info": {"description": f"sact-det synthetic shapes, split {split}, seed {seed}",
+                 "version": DATASET_VERSION, "styles": split_styles},
         "licenses": [],
         "images": images,
         "annotations": annotations,
         "categories": CATEGORIES,
     }
-    with open(json_path, "w") as f:
+    temporary = json_path + ".tmp"
+    with open(temporary, "w") as f:
         json.dump(coco, f)
+    os.replace(temporary, json_path)  # a complete json or none: the version check trusts it
     return json_path
 
 
 def generate_dataset(root: str, num_train: int = 800, num_val: int = 100, seed: int = 0,
-                     **kwargs) -> Dict[str, str]:
-    """Writes the ``train`` and ``val`` splits under ``root``; returns their json paths."""
+                     num_heldout: int = None, **kwargs) -> Dict[str, str]:
+    """Writes the ``train``, ``val`` and ``val_heldout`` splits under ``root``;
+    returns their json paths. ``val`` is drawn like ``train``; ``val_heldout``
+    (``num_heldout`` images, default ``num_val``) from the held-out styles."""
     return {
         "train": generate_split(root, "train", num_train, seed, **kwargs),
         "val": generate_split(root, "val", num_val, seed + 1, **kwargs),
+        "val_heldout": generate_split(root, "val_heldout", num_val if num_heldout is None else num_heldout,
+                                      seed + 2, split_styles="heldout", **kwargs),
     }

@@ -89,7 +89,8 @@ class FoldedUnit:
 
     def dense(self, x: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The unit on a channels-last ``[B, C, H, W]`` map; returns its rows."""
-        out = x.new_empty((x.shape[0] * x.shape[2] * x.shape[3], x.shape[1]))
+        height, width = self.output_size(x.shape[-2:])
+        out = x.new_empty((x.shape[0] * height * width, self.w3.shape[1]))
         self.dense_into(x, out, valid)
         return out
 
@@ -100,6 +101,7 @@ class FoldedHalting:
     (None for ACT), applied to rows as ``F.linear(rows, taps)``."""
 
     def __init__(self, branch: nn.Module):
+        self.branch = branch  # its test-time offset is read at every call
         self.taps = None
         if branch.spatial_logit is not None:  # [9, C]: F.linear's layout, much faster than [C, 9] here
             self.taps = branch.spatial_logit.weight.detach()[0].flatten(1).t().contiguous()
@@ -107,5 +109,5 @@ class FoldedHalting:
         self.bias = branch.bias.detach()[0].float()
 
     def global_logit(self, pooled: torch.Tensor) -> torch.Tensor:
-        """``W pool(x) + b`` per image, ``[B]`` float32."""
-        return pooled @ self.global_weight + self.bias
+        """``W pool(x) + b`` per image, ``[B]`` float32, with the test-time offset."""
+        return pooled @ self.global_weight + (self.bias + self.branch.test_offset)

@@ -1,0 +1,64 @@
+"""The res5 box head at inference with folded batch norm and channels-last
+maps; with ACT over proposals, each unit runs on the still-active proposals
+only (a gather along the proposal dimension: Alg. 1 per proposal)."""
+from typing import Tuple
+
+import torch
+
+from ..act import HaltingState
+from ..adaptive_stage import AdaptiveStage
+from .executor import _weight_versions
+from .folding import FoldedHalting, FoldedUnit
+
+__all__ = ["GatheredHeadExecutor"]
+
+
+class GatheredHeadExecutor:
+    """Inference of a res5 :class:`AdaptiveStage` over ``[R, C, 14, 14]`` pooled
+    proposal features: returns the box predictor's input (the spatial mean of
+    the block output, eq. 10) and each proposal's number of units."""
+
+    def __init__(self, stage: AdaptiveStage):
+        if stage.halting_type == "sact":
+            raise ValueError("the box head supports HEAD_TYPE none or act, not sact")
+        self.stage = stage
+        self.units = [FoldedUnit(u) for u in stage.units]
+        self.halting = [FoldedHalting(branch) for branch in stage.halting or []]
+        self._versions = _weight_versions(stage)
+
+    def is_current(self) -> bool:
+        return _weight_versions(self.stage) == self._versions
+
+    def __call__(self, pooled: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        num, channels = pooled.shape[0], self.stage.out_channels
+        height, width = self.units[0].output_size(pooled.shape[-2:])
+        rows = self.units[0].dense(pooled.contiguous(memory_format=torch.channels_last))  # [R*h*w, C]
+        per_proposal = rows.view(num, height * width, channels)
+
+        def as_map(r, count):  # rows -> channels-last [count, C, h, w] view
+            return r.view(count, height, width, channels).permute(0, 3, 1, 2)
+
+        if not self.stage.adaptive:
+            for unit in self.units[1:]:
+                unit.dense_into(as_map(rows, num), rows)  # identity units: in place
+            return per_proposal.float().mean(1), torch.full((num,), len(self.units), dtype=torch.int32)
+        state = HaltingState(torch.ones(num, dtype=torch.bool, device=pooled.device), self.stage.eps)
+        output = torch.zeros((num, channels), device=pooled.device)  # float32, eq. (10) pooled
+        for index, unit in enumerate(self.units):
+            active = state.active_positions()
+            if index > 0:
+                if active.numel() == 0:
+                    break  # Alg. 1: every proposal has halted
+                if active.numel() == num:
+                    unit.dense_into(as_map(rows, num), rows)
+                else:  # gather the active proposals, run the unit, scatter back
+                    gathered = per_proposal[active]
+                    new = unit.dense(as_map(gathered, active.numel()))
+                    per_proposal.index_copy_(0, active, new.view(active.numel(), height * width, channels))
+            pooled_x = per_proposal[active].float().mean(1) if active.numel() < num else per_proposal.float().mean(1)
+            score = None  # h^L = 1, eq. (5)
+            if index < len(self.units) - 1:
+                score = torch.sigmoid(self.halting[index].global_logit(pooled_x))  # eq. (6)
+            weight = state.update(score, active)
+            output.index_add_(0, active, pooled_x * weight[:, None])
+        return output.to(pooled.dtype), state.num_units

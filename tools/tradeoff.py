@@ -1,0 +1,47 @@
+#!/usr/bin/env python
+"""The trade-off ladder (paper Table 1, Fig. 7 in miniature): trains SACT at three
+tau, ACT at two, non-adaptive ResNets with fewer units per block, each with
+--seeds seeds, on the synthetic data with the tiny configs; evaluates each
+(box AP, feature-extractor FLOPs) and one SACT model's test-time halting
+offsets. Resumes after a kill (finished members are skipped).
+
+    python tools/tradeoff.py                         # default ladder, 2 seeds (about 2.5 hours on 2 cores)
+    python tools/tradeoff.py --quick --output output/tradeoff_quick     # 1 seed, fewer members (~20 min)
+
+Writes OUTPUT/tradeoff.json, tradeoff.md (table) and tradeoff.png (AP vs FLOPs %).
+"""
+import argparse
+import sys
+
+from sact_det.data import ensure_synthetic
+from sact_det.tradeoff import markdown_table, run_tradeoff
+from detectron2.utils.logger import setup_logger
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", default="output/tradeoff", help="output directory (state, table, plot)")
+    parser.add_argument("--seeds", type=int, default=2, help="seeds per member (default ladder)")
+    parser.add_argument("--quick", action="store_true", help="1 seed, fewer members, 150 iterations")
+    parser.add_argument("--max-iter", type=int, help="training iterations per member (default 600, quick 150)")
+    parser.add_argument("--offsets", type=float, nargs="*", default=[-2.0, -1.0, 1.0, 2.0, 3.0],
+                        help="test-time halting offsets evaluated on one SACT model (0 is the model itself)")
+    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides for every member")
+    args = parser.parse_args(argv)
+    if args.seeds < 1 or (args.max_iter is not None and args.max_iter < 1):
+        parser.error("--seeds and --max-iter must be >= 1")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    setup_logger(name="sact_det")
+    ensure_synthetic()
+    rows = run_tradeoff(args.output, args.seeds, args.quick, args.max_iter, args.offsets, args.opts)
+    print(markdown_table(rows, "synthetic_val"))
+    print(f"\nwritten: {args.output}/tradeoff.json, tradeoff.md, tradeoff.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
