@@ -65,6 +65,16 @@ def summarize_records(records: List[dict]) -> dict:
         "dense_flops": _stats([r["dense_flops"] for r in records]),
         "units_per_block": {b: _stats([r["units_per_block"][b] for r in records]) for b in blocks},
     }
+    if records[0].get("detector_flops") is not None:
+        for key in ("rpn_flops", "box_head_flops", "num_proposals", "detector_flops", "detector_dense_flops",
+                    "detector_flops_pct"):
+            summary[key] = _stats([r[key] for r in records])
+        if records[0].get("head_units") is not None:
+            summary["head_units"] = _stats([r["head_units"] for r in records])
+            shares = np.array([r["head_halting_shares"] for r in records], dtype=np.float64)
+            weights = np.array([r["num_proposals"] for r in records], dtype=np.float64)[:, None]
+            summary["head_halting_shares"] = (shares * weights).sum(0) / max(weights.sum(), 1)
+            summary["head_halting_shares"] = summary["head_halting_shares"].tolist()
     if records[0]["ponder_cost"] is not None:
         summary["ponder_cost"] = _stats([r["ponder_cost"] for r in records])
         summary["ponder_cost_per_block"] = {
@@ -94,6 +104,16 @@ def format_summary(summary: dict) -> str:
                     + [pm(summary["ponder_cost"], ".2f")])
     block_table = tabulate(rows, headers=[""] + blocks + ["total"], tablefmt="pipe")
     text = f"Feature extractor (stem + {', '.join(blocks)}):\n{flops_table}\n{block_table}"
+    if "detector_flops" in summary:
+        row = [pm(summary["flops"], ".3e"), pm(summary["rpn_flops"], ".3e"), pm(summary["box_head_flops"], ".3e"),
+               f"{summary['num_proposals']['mean']:.0f}", pm(summary["detector_flops"], ".3e"),
+               pm(summary["detector_flops_pct"], ".1f")]
+        headers = ["feature extractor", "RPN", "box head", "proposals", "detector", "% of dense detector"]
+        if "head_units" in summary:
+            row.append(pm(summary["head_units"], ".2f") + " (halting after each unit: "
+                       + ", ".join(f"{100 * s:.0f}%" for s in summary["head_halting_shares"]) + ")")
+            headers.append("box head units per proposal")
+        text += "\nWhole detector (FLOPs per image):\n" + tabulate([row], headers=headers, tablefmt="pipe")
     if "agreement" in summary:
         def mean(stats):
             return f"{stats['mean']:.2f}" if stats else "-"
@@ -122,6 +142,11 @@ def flat_metrics(summary: dict) -> Dict[str, float]:
         metrics["ponder_cost"] = summary["ponder_cost"]["mean"]
         for block, stats in summary["ponder_cost_per_block"].items():
             metrics[f"ponder_cost_{block}"] = stats["mean"]
+    if "detector_flops" in summary:
+        metrics["detector_FLOPs"] = summary["detector_flops"]["mean"]
+        metrics["detector_FLOPs_pct"] = summary["detector_flops_pct"]["mean"]
+        if "head_units" in summary:
+            metrics["head_units"] = summary["head_units"]["mean"]
     if "agreement" in summary:
         metrics["object_AUC"] = summary["object_auc"]["mean"]
         for block, stats in summary["agreement"]["all"]["per_block"].items():

@@ -56,6 +56,7 @@ class PonderVisualization:
     ponder_map: np.ndarray  # float32 [H, W], total ponder cost (sum over blocks)
     block_maps: Dict[str, np.ndarray]  # float32 [H, W] per block
     metadata: object = None
+    label_units: bool = False  # label detections with their proposal's box-head units (ACT head)
 
     def value_range(self, value_range: Optional[Tuple[float, float]] = None) -> Tuple[float, float]:
         if value_range is not None:
@@ -69,10 +70,17 @@ class PonderVisualization:
         return (alpha * heat + (1 - alpha) * self.image.astype(np.float32)).round().astype(np.uint8)
 
     def detections(self, score_threshold: float = 0.5) -> np.ndarray:
-        """``uint8 [H, W, 3]``: the image with the detections above the threshold."""
+        """``uint8 [H, W, 3]``: the image with the detections above the threshold;
+        with ``label_units``, each labelled with the units its proposal ran in an
+        ACT box head (MODEL.SACT.HEAD_TYPE act)."""
         instances = self.instances[self.instances.scores >= score_threshold].to("cpu")
-        drawn = Visualizer(self.image, self.metadata).draw_instance_predictions(instances)
-        return drawn.get_image()
+        visualizer = Visualizer(self.image, self.metadata)
+        if not (self.label_units and instances.has("head_units")):
+            return visualizer.draw_instance_predictions(instances).get_image()
+        names = (self.metadata.get("thing_classes") if self.metadata is not None else None) or []
+        labels = [f"{names[c] if c < len(names) else c} {s:.0%} | {u} units" for c, s, u in
+                  zip(instances.pred_classes.tolist(), instances.scores.tolist(), instances.head_units.tolist())]
+        return visualizer.overlay_instances(boxes=instances.pred_boxes, labels=labels).get_image()
 
     def figure(self, score_threshold: float = 0.5, value_range=None, cmap: str = DEFAULT_CMAP):
         """Fig. 1 / Fig. 10: detections beside the total ponder cost heat map with
@@ -155,11 +163,14 @@ def _record(path: str, vis: Optional[PonderVisualization], score_threshold: floa
                       ponder_cost=report.ponder_cost, flops=report.flops, flops_pct=report.flops_pct)
         record.update({f"ponder_cost_{k}": v for k, v in report.ponder_cost_per_block.items()})
         record.update({f"units_{k}": v for k, v in report.units_per_block.items()})
+        if report.detector_flops is not None:
+            record.update(detector_flops=report.detector_flops, detector_flops_pct=report.detector_flops_pct,
+                          num_proposals=report.num_proposals, head_units=report.head_units)
     return record
 
 
 def visualize_files(predictor: SACTPredictor, inputs, output_dir: str, score_threshold: float = 0.5,
-                    value_range=None, progress: bool = True):
+                    value_range=None, progress: bool = True, label_units: bool = False):
     """Writes, for each input image, ``<name>_ponder.png`` (detections beside the
     ponder heat map), ``<name>_blocks.png`` (per-block maps) and
     ``<name>_overlay.png`` (heat map over the image, original resolution), plus
@@ -182,6 +193,7 @@ def visualize_files(predictor: SACTPredictor, inputs, output_dir: str, score_thr
             records.append(_record(path, None, score_threshold, reason))
             continue
         vis = visualize(predictor, image)
+        vis.label_units = label_units
         name = os.path.splitext(os.path.basename(path))[0]
         stem, index = name, 1
         while name in used_names:  # same file name in two input directories

@@ -56,7 +56,8 @@ def test_report_fields(synthetic_root, tmp_path):
     assert set(metrics) == {"FLOPs", "FLOPs_std", "FLOPs_pct", "FLOPs_pct_std", "ponder_cost",
                             "ponder_cost_res2", "ponder_cost_res3", "ponder_cost_res4",
                             "units_res2", "units_res3", "units_res4", "object_AUC",
-                            "object_AUC_res2", "object_AUC_res3", "object_AUC_res4"}
+                            "object_AUC_res2", "object_AUC_res3", "object_AUC_res4",
+                            "detector_FLOPs", "detector_FLOPs_pct"}
     report = json.load(open(tmp_path / REPORT_FILE))
     assert report["dataset"] == "synthetic_val"
     summary = report["summary"]
@@ -66,7 +67,10 @@ def test_report_fields(synthetic_root, tmp_path):
     images = report["images"]
     assert {"image_id", "file_name", "image_size", "flops", "flops_pct", "dense_flops",
             "flops_per_block", "ponder_cost", "ponder_cost_per_block", "units_per_block",
-            "num_detections", "object_auc"} <= set(images[0])
+            "num_detections", "object_auc", "rpn_flops", "box_head_flops", "detector_flops",
+            "detector_flops_pct", "num_proposals"} <= set(images[0])
+    assert all(r["detector_flops"] == r["flops"] + r["rpn_flops"] + r["box_head_flops"] for r in images)
+    assert metrics["detector_FLOPs"] == pytest.approx(np.mean([r["detector_flops"] for r in images]))
     # Object agreement: every synthetic image has objects on a background.
     assert summary["object_auc"]["images"] == len(images)
     assert all(0 <= r["object_auc"] <= 1 for r in images)
@@ -91,3 +95,11 @@ def test_report_fields(synthetic_root, tmp_path):
         sum(metrics[f"ponder_cost_res{k}"] for k in (2, 3, 4)))
     # The per-block FLOPs add up to the total.
     assert all(sum(r["flops_per_block"].values()) == r["flops"] for r in images)
+
+
+def test_act_head_units_and_halting_shares_in_the_report(synthetic_root, tmp_path):
+    cfg = tiny_cfg("MODEL.SACT.RES5_NUM_UNITS", "3", "MODEL.SACT.HEAD_TYPE", "act")
+    results, _ = evaluate(cfg, tmp_path)
+    summary = json.load(open(tmp_path / REPORT_FILE))["summary"]
+    assert 1 <= results["sact"]["head_units"] <= 3 and results["sact"]["head_units"] == summary["head_units"]["mean"]
+    assert len(summary["head_halting_shares"]) == 3 and sum(summary["head_halting_shares"]) == pytest.approx(1)

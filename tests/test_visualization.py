@@ -9,7 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
+from detectron2.data import MetadataCatalog
 from detectron2.structures import Boxes, Instances
+from detectron2.utils.visualizer import Visualizer
 
 from sact_det.maps import map_to_image
 from sact_det.data.images import read_image_rgb
@@ -147,3 +149,22 @@ def test_non_adaptive_model_has_no_ponder_maps():
     assert "instances" in dense(image)  # detections work
     with pytest.raises(ValueError, match="not adaptive"):
         visualize(dense, image)
+
+
+def test_detections_can_be_labelled_with_their_head_units(monkeypatch):
+    image = np.zeros((40, 60, 3), np.uint8)
+    instances = Instances((40, 60), pred_boxes=Boxes(torch.tensor([[5.0, 5.0, 20.0, 20.0], [30, 5, 50, 30.0]])),
+                          scores=torch.tensor([0.9, 0.8]), pred_classes=torch.tensor([0, 3]),
+                          head_units=torch.tensor([1, 3]))
+    report = SACTReport(image_size=(40, 60), flops=55, flops_per_block={}, dense_flops=100, units_per_block={})
+    metadata = MetadataCatalog.get("synthetic_val")
+    vis = PonderVisualization(image, instances, report, np.zeros((40, 60), np.float32), {}, metadata)
+    drawn = []
+    original = Visualizer.overlay_instances
+    monkeypatch.setattr(Visualizer, "overlay_instances",
+                        lambda self, **kw: drawn.append(kw.get("labels")) or original(self, **kw))
+    plain = vis.detections()
+    vis.label_units = True
+    labelled = vis.detections()
+    assert drawn[-1] == ["disc 90% | 1 units", "star 80% | 3 units"]
+    assert plain.shape == labelled.shape and not np.array_equal(plain, labelled)

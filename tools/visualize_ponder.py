@@ -26,6 +26,8 @@ def parse_args(argv=None):
     parser.add_argument("--score-threshold", type=float, default=0.5, help="minimum score of drawn detections")
     parser.add_argument("--ponder-range", type=float, nargs=2, metavar=("MIN", "MAX"),
                         help="fixed colour scale for all images (default: each map's own min/max)")
+    parser.add_argument("--label-units", action="store_true",
+                        help="label each detection with the units its proposal ran in an ACT box head")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")
     return parser.parse_args(argv)
 
@@ -37,7 +39,7 @@ def main(argv=None) -> int:
     cfg = get_sact_cfg(args.config_file, args.opts)
     fall_back_to_cpu(cfg)
     records, failures = visualize_files(SACTPredictor(cfg), args.input, args.output,
-                                        args.score_threshold, args.ponder_range)
+                                        args.score_threshold, args.ponder_range, label_units=args.label_units)
     print(f"{len(records) - len(failures)} image(s) written to {args.output}; {len(failures)} failed")
     for path, reason in failures:
         print(f"  FAILED {path}: {reason}", file=sys.stderr)
