@@ -290,8 +290,8 @@ def test_a_rounding_difference_flips_positions_at_the_threshold_only(monkeypatch
     x = torch.randn(2, 16, 22, 26)
     force_threshold(stage, x, margin=2e-6)  # the median position continues in the dense run
     dense = run_dense(stage, x)
-    original = FoldedHalting.global_logit
-    monkeypatch.setattr(FoldedHalting, "global_logit", lambda self, pooled: original(self, pooled) + 5e-4)
+    original = FoldedHalting.offset_bias
+    monkeypatch.setattr(FoldedHalting, "offset_bias", property(lambda self: original.fget(self) + 5e-4))
     sparse = SparseStageExecutor(stage, "perforated", max_active=2.0)(x, None)
     flipped = dense.num_units_map != sparse.num_units_map
     assert (sparse.num_units_map[dense.near_threshold] == 1).all()  # the forced positions halt now

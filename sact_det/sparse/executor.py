@@ -66,11 +66,10 @@ class SparseStageExecutor:
         height, width = first.output_size(x.shape[-2:])
         layout = MapLayout(batch, height, width, subsample_valid(valid, first.stride), device)
         spatial = stage.halting_type == "sact"
-        rows = BlockRows(layout, stage.out_channels, x.dtype, spatial)
-        first.dense_into(x.contiguous(memory_format=torch.channels_last), rows.data[:layout.num], valid)
-        rows.rewritten()  # the first unit: dense (Alg. 2, l = 1)
+        out = first.dense(x.contiguous(memory_format=torch.channels_last), valid)  # Alg. 2, l = 1: dense
+        rows = BlockRows(layout, out.permute(0, 2, 3, 1).reshape(layout.num, -1), spatial)
         executed = dense_unit_flops(stage.units[0], tuple(x.shape[-2:]))[0] * batch
-        del x
+        del x, out
         tiles = layout.tiles(stage.tile_size) if spatial and stage.tile_size > 1 else None
 
         state = HaltingState(layout.valid, stage.eps)
@@ -139,7 +138,7 @@ class SparseBackboneExecutor:
 
     def stem(self, x: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The stem with folded batch norm; ``valid`` as for :func:`sact_det.backbone.stem_forward`."""
-        x = F.relu_(self.stem_conv(x.contiguous(memory_format=torch.channels_last)))
+        x = self.stem_conv.relu(x.contiguous(memory_format=torch.channels_last))
         if valid is not None:
             x.mul_(subsample_valid(valid, 2))
         x = F.max_pool2d(x, kernel_size=3, stride=2, padding=1)

@@ -10,6 +10,7 @@ from torch.nn import functional as F
 from detectron2.layers import FrozenBatchNorm2d
 
 from ..adaptive_stage import subsample_valid
+from .kernels import conv_add_relu, conv_relu
 
 __all__ = ["fold_conv_norm", "FoldedConv", "FoldedUnit", "FoldedHalting", "rows_of"]
 
@@ -46,68 +47,76 @@ class FoldedConv:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
+    def relu(self, x: torch.Tensor) -> torch.Tensor:
+        """``relu(conv(x))``, fused (:mod:`.kernels`)."""
+        return conv_relu(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def add_relu(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """``relu(conv(x) + residual)``, fused."""
+        return conv_add_relu(x, self.weight, self.bias, residual, self.stride, self.padding, self.dilation,
+                             self.groups)
+
 
 class FoldedUnit:
     """A Detectron2 ``BottleneckBlock`` with folded batch norm: a dense
-    channels-last form and, for stride-1 identity units, row-matrix weights."""
+    channels-last form and, for stride-1 identity units, row-matrix weights
+    (``[out, in]``, as matrix products of gathered rows take them)."""
 
     def __init__(self, unit: nn.Module):
         self.conv1, self.conv2, self.conv3 = (FoldedConv(c) for c in (unit.conv1, unit.conv2, unit.conv3))
         self.shortcut = FoldedConv(unit.shortcut) if unit.shortcut is not None else None
         self.stride = unit.stride
         self.bottleneck = self.conv2.weight.shape[0]
+        self.out_channels = self.conv3.weight.shape[0]
         self.sparse = (self.shortcut is None and unit.stride == 1 and self.conv2.groups == 1
                        and self.conv2.dilation == (1, 1))
-        self.w3 = self.conv3.weight[:, :, 0, 0].t().contiguous()  # [Cb, C]
+        self.w3 = self.conv3.weight[:, :, 0, 0].contiguous()  # [C, Cb]
         if self.sparse:
-            self.w1 = self.conv1.weight[:, :, 0, 0].t().contiguous()  # [C, Cb]
-            # im2col layout: (tap row-major, input channel) -> output channel.
-            self.w2 = self.conv2.weight.permute(2, 3, 1, 0).reshape(9 * self.bottleneck, -1).contiguous()
+            self.w1 = self.conv1.weight[:, :, 0, 0].contiguous()  # [Cb, C]
+            # im2col layout: output channel <- (tap row-major, input channel).
+            self.w2 = self.conv2.weight.permute(0, 2, 3, 1).reshape(self.bottleneck, -1).contiguous()
 
     def output_size(self, size: Tuple[int, int]) -> Tuple[int, int]:
         return tuple(-(-n // self.stride) for n in size)
 
-    def dense_into(self, x: torch.Tensor, out: torch.Tensor, valid: Optional[torch.Tensor] = None) -> None:
-        """The unit on a channels-last map, written into the rows ``out``
-        ``[B*H*W, C]``, which may be ``x``'s own rows (identity units update them
-        in place). The last 1x1 convolution accumulates onto the residual rows,
-        so no third full-size map is held. ``valid`` (at ``x``'s resolution):
-        padded positions are zeroed after the first convolution and in the
-        output, as :func:`sact_det.adaptive_stage.run_unit` does."""
-        out_valid = subsample_valid(valid, self.stride)
-        z = F.relu_(self.conv1(x))
-        if valid is not None:
-            z.mul_(out_valid if self.conv1.stride[0] == self.stride else valid)
-        z = rows_of(F.relu_(self.conv2(z)))
-        if self.shortcut is not None:
-            out.copy_(rows_of(self.shortcut(x)))
-        elif out.data_ptr() != x.data_ptr():
-            out.copy_(rows_of(x))
-        out.addmm_(z, self.w3).add_(self.conv3.bias).relu_()
-        if out_valid is not None:
-            out.mul_(rows_of(out_valid))
-
     def dense(self, x: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """The unit on a channels-last ``[B, C, H, W]`` map; returns its rows."""
-        height, width = self.output_size(x.shape[-2:])
-        out = x.new_empty((x.shape[0] * height * width, self.w3.shape[1]))
-        self.dense_into(x, out, valid)
-        return out
+        """The unit on a channels-last ``[B, C, H, W]`` map, as a new channels-last
+        map: each convolution with its bias, ReLU and (the last) residual fused.
+        ``valid`` (at ``x``'s resolution): padded positions are zeroed after the
+        first convolution and in the output, as
+        :func:`sact_det.adaptive_stage.run_unit` does."""
+        z = self.conv1.relu(x)
+        if valid is not None:
+            out_valid = subsample_valid(valid, self.stride)
+            z.mul_(out_valid if self.conv1.stride[0] == self.stride else valid)
+        residual = self.shortcut(x) if self.shortcut is not None else x
+        out = self.conv3.add_relu(self.conv2.relu(z), residual)
+        return out.mul_(subsample_valid(valid, self.stride)) if valid is not None else out
 
 
 class FoldedHalting:
     """A halting branch (eqs. 6, 14) for sparse execution: the pooled term's
     weights and bias, and the 3x3 term as nine per-tap weight vectors ``[9, C]``
-    (None for ACT), applied to rows as ``F.linear(rows, taps)``."""
+    (None for ACT), applied to rows as ``F.linear(rows, taps)``. ``products``
+    ``[10, C]`` (``[1, C]`` for ACT) adds the pooled term's weights as a tenth
+    column: over a whole map, ``W pool(x) = mean(x W)`` comes from the same
+    pass as the per-tap products."""
 
     def __init__(self, branch: nn.Module):
         self.branch = branch  # its test-time offset is read at every call
         self.taps = None
+        global_weight = branch.global_logit.weight.detach()
         if branch.spatial_logit is not None:  # [9, C]: F.linear's layout, much faster than [C, 9] here
             self.taps = branch.spatial_logit.weight.detach()[0].flatten(1).t().contiguous()
-        self.global_weight = branch.global_logit.weight.detach()[0].float()
+        self.products = torch.cat([self.taps, global_weight]) if self.taps is not None else global_weight
+        self.global_weight = global_weight[0].float()
         self.bias = branch.bias.detach()[0].float()
 
+    @property
+    def offset_bias(self) -> torch.Tensor:
+        """``b`` plus the test-time offset."""
+        return self.bias + self.branch.test_offset
+
     def global_logit(self, pooled: torch.Tensor) -> torch.Tensor:
-        """``W pool(x) + b`` per image, ``[B]`` float32, with the test-time offset."""
-        return pooled @ self.global_weight + (self.bias + self.branch.test_offset)
+        """``W pool(x) + b`` per image from pooled features ``[B, C]``, ``[B]`` float32."""
+        return pooled @ self.global_weight + self.offset_bias

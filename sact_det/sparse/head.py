@@ -30,32 +30,24 @@ class GatheredHeadExecutor:
         return _weight_versions(self.stage) == self._versions
 
     def __call__(self, pooled: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        num, channels = pooled.shape[0], self.stage.out_channels
-        height, width = self.units[0].output_size(pooled.shape[-2:])
-        rows = self.units[0].dense(pooled.contiguous(memory_format=torch.channels_last))  # [R*h*w, C]
-        per_proposal = rows.view(num, height * width, channels)
-
-        def as_map(r, count):  # rows -> channels-last [count, C, h, w] view
-            return r.view(count, height, width, channels).permute(0, 3, 1, 2)
-
+        num = pooled.shape[0]
+        x = self.units[0].dense(pooled.contiguous(memory_format=torch.channels_last))  # [R, C, h, w]
         if not self.stage.adaptive:
             for unit in self.units[1:]:
-                unit.dense_into(as_map(rows, num), rows)  # identity units: in place
-            return per_proposal.float().mean(1), torch.full((num,), len(self.units), dtype=torch.int32)
+                x = unit.dense(x)
+            return x.mean((2, 3)), torch.full((num,), len(self.units), dtype=torch.int32)
         state = HaltingState(torch.ones(num, dtype=torch.bool, device=pooled.device), self.stage.eps)
-        output = torch.zeros((num, channels), device=pooled.device)  # float32, eq. (10) pooled
+        output = torch.zeros((num, x.shape[1]), device=pooled.device)  # float32, eq. (10) pooled
         for index, unit in enumerate(self.units):
             active = state.active_positions()
             if index > 0:
                 if active.numel() == 0:
                     break  # Alg. 1: every proposal has halted
                 if active.numel() == num:
-                    unit.dense_into(as_map(rows, num), rows)
+                    x = unit.dense(x)
                 else:  # gather the active proposals, run the unit, scatter back
-                    gathered = per_proposal[active]
-                    new = unit.dense(as_map(gathered, active.numel()))
-                    per_proposal.index_copy_(0, active, new.view(active.numel(), height * width, channels))
-            pooled_x = per_proposal[active].float().mean(1) if active.numel() < num else per_proposal.float().mean(1)
+                    x[active] = unit.dense(x[active].contiguous(memory_format=torch.channels_last))
+            pooled_x = (x if active.numel() == num else x[active]).float().mean((2, 3))
             score = None  # h^L = 1, eq. (5)
             if index < len(self.units) - 1:
                 score = torch.sigmoid(self.halting[index].global_logit(pooled_x))  # eq. (6)

@@ -1,10 +1,11 @@
 """A block's feature map during sparse execution: positions as rows.
 
-Through a block, features are the rows of an NHWC matrix ``[P + 1, C]`` (``P =
-B * H * W`` positions; the last row is a zero sentinel that stands for every
-position outside the map or in the padding of a batched image). Units gather
-the rows they need by index and write new rows back; :class:`BlockRows` keeps
-what the halting branches read current as rows change.
+Through a block, features are the rows of an NHWC matrix ``[P, C]`` (``P = B
+* H * W`` positions), which is also a channels-last ``[B, C, H, W]`` map.
+Units gather the rows they need by index and write new rows back, or replace
+the whole matrix; :class:`BlockRows` keeps what the halting branches read
+current as rows change. Index tables use ``P`` as a sentinel for every
+position outside the map or in the padding of a batched image.
 """
 from typing import List, Optional, Tuple
 
@@ -14,7 +15,7 @@ from torch.nn import functional as F
 from ..halting import masked_global_average, tile_ids
 from .folding import FoldedHalting
 
-__all__ = ["MapLayout", "BlockRows"]
+__all__ = ["MapLayout", "BlockRows", "chunk_rows"]
 
 _CHUNK_BYTES = 8 << 20  # gathered rows (im2col, conv1 inputs) per chunk: bounds the extra memory
 _KEEP_BYTES = 8 << 20  # a unit's new rows kept, in all, for the output accumulation (else gathered again)
@@ -46,6 +47,11 @@ class MapLayout:
         table = torch.stack(taps, dim=-1).view(num, 9)
         self.neighbours = torch.cat([table, table.new_full((1, 9), num)])  # [P + 1, 9], row-major taps
 
+    @property
+    def valid_map(self) -> Optional[torch.Tensor]:
+        """Bool ``[B, 1, H, W]`` of the positions inside the images, None without padding."""
+        return self.valid.view(self.batch, 1, self.height, self.width) if self.padded else None
+
     def dilate(self, active: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(the 3x3-dilated set of ``active`` inside the images, and for each
         active position the rows of its 9 neighbours in that set; the sentinel
@@ -72,17 +78,18 @@ class MapLayout:
 
 
 class BlockRows:
-    """The rows ``[P + 1, C]`` of a block's current map, with the per-image
-    pooled means (``pool(x)`` of eqs. 6, 14) and the current halting branch's
-    per-tap products kept up to date as units write rows."""
+    """The rows ``[P, C]`` of a block's current map, with the per-image pooled
+    means (``pool(x)`` of eqs. 6, 14) and the current halting branch's per-tap
+    products kept up to date as units write rows."""
 
-    def __init__(self, layout: MapLayout, channels: int, dtype, spatial: bool):
+    def __init__(self, layout: MapLayout, rows: torch.Tensor, spatial: bool):
         self.layout = layout
-        self.data = torch.empty((layout.num + 1, channels), dtype=dtype, device=layout.valid.device)
-        self.data[layout.num] = 0
-        self.pooled: Optional[torch.Tensor] = None  # float32 [B, C]
+        self.data = rows  # [P, C], the rows of a channels-last map
+        # float32 [B, C]; None when stale (after a unit rewrote every row): only a
+        # sparse unit after a dense one needs it, the dense units' halting does not.
+        self.pooled: Optional[torch.Tensor] = None
         # Per-tap products of the halting 3x3 term, row ``P`` zero (padding, eq. 14).
-        self.tap_products = (torch.zeros((layout.num + 1, 9), dtype=dtype, device=self.data.device)
+        self.tap_products = (torch.zeros((layout.num + 1, 9), dtype=rows.dtype, device=rows.device)
                              if spatial else None)
         self._taps: Optional[torch.Tensor] = None
         # This unit's new rows as (positions, rows) while they fit in _KEEP_BYTES; else None.
@@ -93,13 +100,11 @@ class BlockRows:
     def map(self) -> torch.Tensor:
         """The rows as a channels-last ``[B, C, H, W]`` view."""
         lay = self.layout
-        return self.data[:lay.num].view(lay.batch, lay.height, lay.width, -1).permute(0, 3, 1, 2)
+        return self.data.view(lay.batch, lay.height, lay.width, -1).permute(0, 3, 1, 2)
 
-    def rewritten(self) -> None:
-        """After a unit rewrote every row: recompute the pooled means."""
-        valid = self.layout.valid.view(self.layout.batch, 1, self.layout.height, self.layout.width)
-        self.pooled = masked_global_average(self.map.float(), valid if self.layout.padded else None)
-        self.written = None
+    def replace(self, rows: torch.Tensor) -> None:
+        """After a unit rewrote every row."""
+        self.data, self.pooled, self.written = rows, None, None
 
     def begin_unit(self, halting: Optional[FoldedHalting]) -> None:
         """Before a sparse unit: record the rows it writes, keep tap products for ``halting``."""
@@ -109,12 +114,13 @@ class BlockRows:
     def write(self, positions: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> None:
         """New rows at ``positions`` (whose previous rows are ``old``)."""
         lay = self.layout
-        delta = new.float() - old.float()
-        if lay.batch == 1:
-            self.pooled[0] += delta.sum(0) / lay.count[0]
-        else:
-            images = lay.image_of[positions]
-            self.pooled.index_add_(0, images, delta / lay.count[images, None])
+        if self.pooled is not None:
+            delta = new.float() - old.float()
+            if lay.batch == 1:
+                self.pooled[0] += delta.sum(0) / lay.count[0]
+            else:
+                images = lay.image_of[positions]
+                self.pooled.index_add_(0, images, delta / lay.count[images, None])
         self.data.index_copy_(0, positions, new)
         if self._taps is not None:
             self.tap_products.index_copy_(0, positions, F.linear(new, self._taps))
@@ -125,26 +131,38 @@ class BlockRows:
     def halting_logits(self, halting: FoldedHalting, active: torch.Tensor,
                        dilated: Optional[torch.Tensor]) -> Tuple[torch.Tensor, int]:
         """Logits of eq. (14) (or 6) at the active positions, float32 ``[A]``,
-        and the number of positions whose tap products were computed. The
-        products of rows written by this unit are current; those of the ring
-        around them (``dilated`` minus ``active``) are computed here, or all
-        rows' when ``dilated`` is None (after a unit that rewrote every row)."""
-        logits = halting.global_logit(self.pooled)[self.layout.image_of[active]]
-        if halting.taps is None:
-            return logits, 0
-        taps = halting.taps.to(self.data.dtype)
-        num = self.layout.num
+        and the number of positions whose tap products were computed.
+
+        After a unit that rewrote every row (``dilated`` None), one pass over
+        the map gives the per-tap products and ``x W`` of the pooled term.
+        After a sparse unit, the products of the rows it wrote are current;
+        those of the ring around them (``dilated`` minus ``active``) are
+        computed here, and the pooled term comes from the pooled means."""
+        lay = self.layout
         if dilated is None:
-            self.tap_products[:num] = F.linear(self.data[:num], taps)
-            computed = num
+            products = F.linear(self.data, halting.products.to(self.data.dtype))  # [P, 10] (ACT: [P, 1])
+            projected = products[:, -1].float().view(lay.batch, 1, lay.height, lay.width)
+            global_logits = masked_global_average(projected, lay.valid_map)[:, 0] + halting.offset_bias
+            if halting.taps is not None:
+                self.tap_products[:lay.num] = products[:, :9]
+            computed = lay.num
         else:
-            is_active = torch.zeros(num + 1, dtype=torch.bool, device=active.device)
-            is_active[active] = True
-            ring = dilated[~is_active[dilated]]
-            self.tap_products.index_copy_(0, ring, F.linear(self.data[ring], taps))
-            computed = dilated.numel()
+            if self.pooled is None:
+                self.pooled = masked_global_average(self.map.float(), lay.valid_map)
+            global_logits = halting.global_logit(self.pooled)
+            computed = 0
+            if halting.taps is not None:
+                is_active = torch.zeros(lay.num + 1, dtype=torch.bool, device=active.device)
+                is_active[active] = True
+                ring = dilated[~is_active[dilated]]
+                self.tap_products.index_copy_(
+                    0, ring, F.linear(self.data.index_select(0, ring), halting.taps.to(self.data.dtype)))
+                computed = dilated.numel()
+        logits = global_logits[lay.image_of[active]]
+        if halting.taps is None:
+            return logits, computed
         tap_index = torch.arange(9, device=active.device)
-        return logits + self.tap_products[self.layout.neighbours[active], tap_index].sum(1).float(), computed
+        return logits + self.tap_products[lay.neighbours[active], tap_index].sum(1).float(), computed
 
     def accumulate(self, output: torch.Tensor, active: torch.Tensor, weight: torch.Tensor) -> None:
         """``output += p^l x^l`` at the active positions (eq. 10): from this
@@ -156,10 +174,11 @@ class BlockRows:
             for positions, new in self.written:
                 output.index_add_(0, positions, new.float().mul_(full[positions, None]))
         elif 2 * active.numel() >= num:
-            full = output.new_zeros(num).index_copy_(0, active, weight)
-            output.addcmul_(self.data[:num], full[:, None])
+            full = weight if active.numel() == num else output.new_zeros(num).index_copy_(0, active, weight)
+            output.addcmul_(self.data, full[:, None])
         else:
             chunk = chunk_rows(self.data.shape[1] * 4)
             for start in range(0, active.numel(), chunk):
                 part = active[start:start + chunk]
-                output.index_add_(0, part, self.data[part].float().mul_(weight[start:start + chunk, None]))
+                rows = self.data.index_select(0, part).float()
+                output.index_add_(0, part, rows.mul_(weight[start:start + chunk, None]))

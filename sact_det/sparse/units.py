@@ -2,15 +2,15 @@
 
 Each function evaluates a stride-1 identity unit ``F^l`` where positions are
 active, leaves the other rows as they are (Fig. 5), writes through
-:meth:`BlockRows.write` and returns ``(conv1 positions, conv2/conv3 positions)``
+:class:`BlockRows` and returns ``(conv1 positions, conv2/conv3 positions)``
 it computed, from which the executor counts the FLOPs it ran.
 """
 from typing import Tuple
 
 import torch
-from torch.nn import functional as F
 
 from .folding import FoldedUnit
+from .kernels import conv_relu, linear_add, linear_relu
 from .rows import BlockRows, chunk_rows
 
 __all__ = ["dense_unit", "perforated_unit", "tiled_unit", "act_unit"]
@@ -25,13 +25,22 @@ def dense_unit(unit: FoldedUnit, rows: BlockRows, active: torch.Tensor) -> Tuple
         is_active = torch.zeros(lay.num, dtype=torch.bool, device=active.device)
         is_active[active] = True
         inactive = torch.nonzero(~is_active).squeeze(1)
-    kept = rows.data[inactive] if inactive is not None else None  # few rows: the unit is dense
-    valid = lay.valid.view(lay.batch, 1, lay.height, lay.width) if lay.padded else None
-    unit.dense_into(rows.map, rows.data[:lay.num], valid)
+    kept = rows.data.index_select(0, inactive) if inactive is not None else None  # few rows
+    new = unit.dense(rows.map, lay.valid_map)
+    new_rows = new.permute(0, 2, 3, 1).reshape(lay.num, -1)  # a view: the map is channels-last
     if kept is not None:
-        rows.data.index_copy_(0, inactive, kept)  # inactive positions keep their value
-    rows.rewritten()
+        new_rows.index_copy_(0, inactive, kept)  # inactive positions keep their value
+    rows.replace(new_rows)
     return lay.num, lay.num
+
+
+def _conv1_rows(unit: FoldedUnit, data: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """``relu(conv1)`` at ``positions`` (gathered in chunks), with a last zero
+    row: the 3x3 convolution's zero padding for neighbours outside the set."""
+    chunk = chunk_rows(data.shape[1] * data.element_size())
+    pieces = [linear_relu(data.index_select(0, positions[start:start + chunk]), unit.w1, unit.conv1.bias)
+              for start in range(0, positions.numel(), chunk)]
+    return torch.cat(pieces + [data.new_zeros((1, unit.bottleneck))])
 
 
 def perforated_unit(unit: FoldedUnit, rows: BlockRows, active: torch.Tensor, dilated: torch.Tensor,
@@ -43,19 +52,15 @@ def perforated_unit(unit: FoldedUnit, rows: BlockRows, active: torch.Tensor, dil
     own residual and are written back at once, so no chunk reads a row another
     one wrote. Gathers are chunked to bound memory."""
     data = rows.data
-    y = data.new_empty((dilated.numel() + 1, unit.bottleneck))
-    chunk = chunk_rows(data.shape[1] * data.element_size())
-    for start in range(0, dilated.numel(), chunk):  # 1x1 on the dilated set
-        part = dilated[start:start + chunk]
-        torch.addmm(unit.conv1.bias, data[part], unit.w1, out=y[start:start + part.numel()]).relu_()
-    y[-1] = 0  # the 3x3 convolution's zero padding
+    y = _conv1_rows(unit, data, dilated)
     chunk = chunk_rows(9 * unit.bottleneck * data.element_size())
     for start in range(0, active.numel(), chunk):
         positions = active if chunk >= active.numel() else active[start:start + chunk]
-        columns = y[neighbour_rows[start:start + chunk]].flatten(1)  # im2col of the 3x3 taps
-        z = torch.addmm(unit.conv2.bias, columns, unit.w2).relu_()
-        old = data[positions]  # the residual: the unit's input at the position itself
-        rows.write(positions, torch.addmm(unit.conv3.bias, z, unit.w3).add_(old).relu_(), old)
+        taps = neighbour_rows[start:start + chunk]
+        columns = y.index_select(0, taps.flatten()).view(taps.shape[0], -1)  # im2col of the 3x3 taps
+        z = linear_relu(columns, unit.w2, unit.conv2.bias)
+        old = data.index_select(0, positions)  # the residual: the unit's input at the position itself
+        rows.write(positions, linear_add(z, old, unit.w3, unit.conv3.bias).relu_(), old)
     return dilated.numel(), active.numel()
 
 
@@ -71,23 +76,21 @@ def tiled_unit(unit: FoldedUnit, rows: BlockRows, active: torch.Tensor, windows:
     is_active[active] = True
     tiles, side = windows.shape[0], k + 2
     gathered = windows.flatten()
-    y = data.new_empty((gathered.numel(), unit.bottleneck))
-    chunk = chunk_rows(data.shape[1] * data.element_size())
-    for start in range(0, gathered.numel(), chunk):  # 1x1 on the windows, gathers chunked
-        part = gathered[start:start + chunk]
-        torch.addmm(unit.conv1.bias, data[part], unit.w1, out=y[start:start + part.numel()]).relu_()
-    y[gathered == lay.num] = 0  # outside the images: the 3x3 convolution's zero padding
+    outside = gathered == lay.num
+    y = _conv1_rows(unit, data, gathered.masked_fill(outside, 0))[:-1]  # 1x1 on the windows
+    y[outside] = 0  # outside the images: the 3x3 convolution's zero padding
     y = y.view(tiles, side, side, -1).permute(0, 3, 1, 2)  # channels-last NCHW view
     interiors = windows.view(tiles, side, side)[:, 1:-1, 1:-1].reshape(tiles, -1)
     chunk = chunk_rows(k * k * data.shape[1] * data.element_size(), minimum=1)  # tiles
+    conv2 = unit.conv2
     for start in range(0, tiles, chunk):
-        z = F.relu_(F.conv2d(y[start:start + chunk], unit.conv2.weight, unit.conv2.bias))  # valid: k x k
+        z = conv_relu(y[start:start + chunk], conv2.weight, conv2.bias, (1, 1), (0, 0), (1, 1), 1)  # k x k
         z = z.permute(0, 2, 3, 1).reshape(-1, unit.bottleneck)
         positions = interiors[start:start + chunk].reshape(-1)
         keep = is_active[positions]
         positions = positions[keep]
-        old = data[positions]
-        rows.write(positions, torch.addmm(unit.conv3.bias, z[keep], unit.w3).add_(old).relu_(), old)
+        old = data.index_select(0, positions)
+        rows.write(positions, linear_add(z[keep], old, unit.w3, unit.conv3.bias).relu_(), old)
     return tiles * side * side, tiles * k * k
 
 
@@ -95,9 +98,10 @@ def act_unit(unit: FoldedUnit, rows: BlockRows, images: torch.Tensor) -> Tuple[i
     """ACT (Alg. 1): the unit densely on the still-active images."""
     lay = rows.layout
     area = lay.height * lay.width
-    old = rows.data[:lay.num].view(lay.batch, lay.height, lay.width, -1)[images]  # [I, H, W, C] copy
-    valid = lay.valid.view(lay.batch, 1, lay.height, lay.width)[images] if lay.padded else None
-    new = unit.dense(old.permute(0, 3, 1, 2), valid)
+    old = rows.data.view(lay.batch, area, -1).index_select(0, images)  # [I, H*W, C]
+    maps = old.view(images.numel(), lay.height, lay.width, -1).permute(0, 3, 1, 2)
+    valid = lay.valid_map.index_select(0, images) if lay.padded else None
+    new = unit.dense(maps, valid).permute(0, 2, 3, 1).reshape(-1, old.shape[-1])
     positions = (images[:, None] * area + torch.arange(area, device=images.device)).reshape(-1)
     keep = lay.valid[positions]  # not the padding of the images
     rows.write(positions[keep], new[keep], old.reshape(-1, old.shape[-1])[keep])
