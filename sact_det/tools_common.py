@@ -86,11 +86,15 @@ def add_config_arguments(parser: argparse.ArgumentParser, required: bool = True)
 
 def load_config(config_file: str, opts: Sequence[str] = ()):
     """The SACT config of a tool: file + overrides, on the CPU when CUDA is
-    absent, with the datasets of ``DATASETS.COCO_JSON`` registered."""
+    absent, with the datasets of ``DATASETS.COCO_JSON`` registered; a local
+    ``MODEL.WEIGHTS`` file that does not exist is an error before anything is built."""
     from .config import fall_back_to_cpu, get_sact_cfg
     from .data import register_config_datasets
 
     cfg = get_sact_cfg(config_file, list(opts))
+    weights = cfg.MODEL.WEIGHTS
+    if weights and "://" not in weights and not os.path.isfile(weights):
+        raise FileNotFoundError(f"MODEL.WEIGHTS: expected a checkpoint file, {weights!r} does not exist")
     fall_back_to_cpu(cfg)
     register_config_datasets(cfg)
     return cfg
