@@ -173,7 +173,7 @@ def flop_tables(model, groups: List[InputGroup]) -> str:
         reports.append((title, scalars))
     keys = list(dict.fromkeys(k for _, scalars in reports for s in scalars for k in s))
     body = [[key] + [_cell([s.get(key, float("nan")) for s in scalars],
-                           ".3e" if "flops" in key and "pct" not in key else ".4g")
+                           ".3e" if "flops" in key and "pct" not in key else ".3f")
                      for _, scalars in reports] for key in keys]
     return ("FLOPs by fvcore x2 (executed PyTorch modules; adaptive blocks as dense masked "
             "execution: every evaluated unit at every position):\n"

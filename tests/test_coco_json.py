@@ -10,6 +10,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from sact_det.data import check_datasets_exist, register_config_datasets
 from sact_det.data.datasets import coco_category_names
 from sact_det.engine import argument_parser, setup
+from sact_det.tools_common import load_config
 
 from conftest import config_path, tiny_cfg
 
@@ -95,3 +96,14 @@ def test_missing_json_is_reported_when_used(tmp_path):
     register_config_datasets(cfg)  # registering is fine: a config may list datasets a run does not use
     with pytest.raises(FileNotFoundError, match="'my_absent': json_file .*a.json' does not exist"):
         check_datasets_exist(["my_absent"])
+
+
+def test_yaml_form(my_dataset, tmp_path):
+    json_file, image_root = my_dataset
+    config = tmp_path / "mine.yaml"
+    config.write_text(f'_BASE_: "{config_path("synthetic/sact_tiny.yaml")}"\n'
+                      f'DATASETS:\n  COCO_JSON: [["my_yaml", "{json_file}", "{image_root}"]]\n'
+                      '  TEST: ("my_yaml",)\n')
+    cfg = load_config(str(config), ["MODEL.DEVICE", "cpu"])  # what every tool does
+    assert MetadataCatalog.get("my_yaml").thing_classes[0] == "ball"
+    assert cfg.DATASETS.COCO_JSON[0][0] == "my_yaml"
