@@ -28,11 +28,11 @@ from tabulate import tabulate
 
 from detectron2.data import build_detection_test_loader
 from detectron2.export import TracingAdapter
-from detectron2.modeling import build_model
 from detectron2.utils.analysis import FlopCountAnalysis
 
-from .checkpoint import SACTCheckpointer
+from .adaptive_stage import AdaptiveStage
 from .data import check_datasets_exist
+from .predictor import build_inference_model
 
 __all__ = ["TASKS", "InputGroup", "dataset_inputs", "size_inputs", "module_rows", "parameter_table",
            "flop_tables", "activation_table", "report_scalars", "analyze_model"]
@@ -50,7 +50,7 @@ def dataset_inputs(cfg, num_inputs: int) -> List[InputGroup]:
     name = cfg.DATASETS.TEST[0]
     check_datasets_exist([name])
     loader = build_detection_test_loader(cfg, name)
-    inputs = [batch for batch in itertools.islice(loader, num_inputs)]
+    inputs = list(itertools.islice(loader, num_inputs))
     return [(f"{len(inputs)} images of {name}", inputs)]
 
 
@@ -66,21 +66,23 @@ def size_inputs(sizes: Sequence[Tuple[int, int]], seed: int = 0) -> List[InputGr
 
 
 def module_rows(model) -> List[Row]:
-    """The rows of every per-module table: stem, each block's residual units and
-    its halting branches apart, RPN, box head, and totals."""
+    """The rows of every per-module table: the stem, each adaptive block's
+    residual units and its halting branches apart (the feature extractor's, and
+    a box head's if it is one), the RPN, the box head, and totals."""
     def get(name):
         return lambda counts: counts.get(name, 0)
 
     rows: List[Row] = [("backbone.stem", get("backbone.stem"))]
-    for name, stage in zip(model.backbone.stage_names, model.backbone.stages):
-        block = f"backbone.{name}"
-        halting = f"{block}.halting"
-        rows.append((f"{block} (units)", lambda c, b=block, h=halting: c.get(b, 0) - c.get(h, 0)))
-        if stage.adaptive:
-            rows.append((halting, get(halting)))
+    for name, module in model.named_modules():
+        if isinstance(module, AdaptiveStage):
+            halting = f"{name}.halting"
+            rows.append((f"{name} (units)", lambda c, b=name, h=halting: c.get(b, 0) - c.get(h, 0)))
+            if module.adaptive:
+                rows.append((halting, get(halting)))
     rows.append(("backbone (feature extractor)", get("backbone")))
     rows.append(("proposal_generator (RPN)", get("proposal_generator")))
-    rows.append(("roi_heads.res5", get("roi_heads.res5")))
+    if not isinstance(model.roi_heads.res5, AdaptiveStage):
+        rows.append(("roi_heads.res5", get("roi_heads.res5")))
     rows.append(("roi_heads (all)", get("roi_heads")))
     rows.append(("total", get("")))
     return rows
@@ -154,9 +156,13 @@ def report_scalars(report) -> Dict[str, float]:
     values = dict(report.record())
     for field in fields(report):
         values.setdefault(field.name, getattr(report, field.name))
-    for key in ("image_size", "ponder_map_stride"):  # geometry, not a measurement
-        values.pop(key, None)
-    return dict(pair for key, value in values.items() for pair in _numbers(key, value))
+    return dict(pair for key, value in values.items() if not _is_geometry(key)
+                for pair in _numbers(key, value))
+
+
+def _is_geometry(key: str) -> bool:
+    """Image size and map strides: how the report is laid out, not what was measured."""
+    return key == "image_size" or "stride" in key
 
 
 def flop_tables(model, groups: List[InputGroup]) -> str:
@@ -191,14 +197,6 @@ def activation_table(model, groups: List[InputGroup]) -> str:
         _table(module_rows(model), counts, ".3e")
 
 
-def build_analysis_model(cfg):
-    """The detector in eval mode, with ``MODEL.WEIGHTS`` loaded when given."""
-    model = build_model(cfg).eval()
-    if cfg.MODEL.WEIGHTS:
-        SACTCheckpointer(model).load(cfg.MODEL.WEIGHTS)
-    return model
-
-
 def analyze_model(cfg, tasks: Sequence[str], num_inputs: int = 10,
                   sizes: Sequence[Tuple[int, int]] = ()) -> str:
     """The text of the requested ``tasks`` (:data:`TASKS`), on dataset images or
@@ -206,7 +204,7 @@ def analyze_model(cfg, tasks: Sequence[str], num_inputs: int = 10,
     unknown = sorted(set(tasks) - set(TASKS))
     if unknown:
         raise ValueError(f"--tasks: expected some of {TASKS}, got {unknown}")
-    model = build_analysis_model(cfg)
+    model = build_inference_model(cfg)
     groups = None
     if {"flop", "activation"} & set(tasks):
         groups = size_inputs(sizes) if sizes else dataset_inputs(cfg, num_inputs)

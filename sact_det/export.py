@@ -28,11 +28,10 @@ from detectron2.data import build_detection_test_loader
 from detectron2.data import transforms as T
 from detectron2.data.detection_utils import read_image
 from detectron2.export import TracingAdapter
-from detectron2.modeling import build_model
 
 from .adaptive_stage import every_unit_evaluated
-from .checkpoint import SACTCheckpointer
 from .data import check_datasets_exist
+from .predictor import build_inference_model
 from .tools_common import atomic_path
 
 __all__ = ["FORMATS", "ExportError", "check_exportable", "output_names", "traceable_inference",
@@ -130,10 +129,7 @@ def export_model(cfg, output_dir: str, export_format: str = "torchscript",
             "sact-det's ONNX export is not tested; use --format torchscript")
     if export_format != "torchscript":
         raise ExportError(f"--format: expected one of {FORMATS}, got {export_format!r}")
-    model = build_model(cfg).eval()
-    check_exportable(model)  # before the weights and the sample: fail fast
-    if cfg.MODEL.WEIGHTS:
-        SACTCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    model = build_inference_model(cfg)
     path = os.path.join(output_dir, "model.ts")
     export_torchscript(model, sample_inputs(cfg, sample_image), path)
     return path, output_names(model)

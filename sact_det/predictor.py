@@ -8,7 +8,16 @@ from detectron2.modeling import build_model
 
 from .checkpoint import SACTCheckpointer
 
-__all__ = ["SACTPredictor"]
+__all__ = ["SACTPredictor", "build_inference_model"]
+
+
+def build_inference_model(cfg):
+    """The detector of ``cfg`` in eval mode, with ``MODEL.WEIGHTS`` loaded by
+    :class:`SACTCheckpointer` when given."""
+    model = build_model(cfg).eval()
+    if cfg.MODEL.WEIGHTS:
+        SACTCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    return model
 
 
 class SACTPredictor:
@@ -21,9 +30,7 @@ class SACTPredictor:
 
     def __init__(self, cfg):
         self.cfg = cfg.clone()
-        self.model = build_model(self.cfg).eval()
-        if cfg.MODEL.WEIGHTS:
-            SACTCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
+        self.model = build_inference_model(self.cfg)
         self.resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
         self.input_format = cfg.INPUT.FORMAT
         if self.input_format not in ("BGR", "RGB"):

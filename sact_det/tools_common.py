@@ -12,12 +12,8 @@ import os
 import sys
 from typing import Callable, Iterator, Sequence, Tuple
 
-__all__ = ["ToolError", "ToolParser", "existing_file", "existing_dir", "image_size", "positive_int",
-           "output_file", "add_config_arguments", "load_config", "atomic_path", "run_tool"]
-
-
-class ToolError(Exception):
-    """A bad input found after argument parsing; its message names the argument."""
+__all__ = ["ToolParser", "existing_file", "image_size", "positive_int", "output_file",
+           "add_config_arguments", "load_config", "partial_name", "atomic_path", "run_tool"]
 
 
 class ToolParser(argparse.ArgumentParser):
@@ -38,13 +34,6 @@ def existing_file(path: str) -> str:
         raise argparse.ArgumentTypeError(f"expected an existing file, {path!r} is not one")
     if not os.access(path, os.R_OK):
         raise argparse.ArgumentTypeError(f"expected a readable file, {path!r} is not readable")
-    return path
-
-
-def existing_dir(path: str) -> str:
-    """``type=`` for an input directory that must exist."""
-    if not os.path.isdir(path):
-        raise argparse.ArgumentTypeError(f"expected an existing directory, {path!r} is not one")
     return path
 
 
@@ -100,16 +89,21 @@ def load_config(config_file: str, opts: Sequence[str] = ()):
     return cfg
 
 
-@contextlib.contextmanager
-def atomic_path(path: str) -> Iterator[str]:
-    """Yields a temporary name beside ``path`` (same extension, so that writers
-    that choose a format by extension keep working) and renames it to ``path``
-    when the block succeeds; on failure the partial file is removed. So a file
-    at ``path`` is always complete."""
+def partial_name(path: str) -> str:
+    """A hidden name beside ``path`` for the file while it is written, with the
+    same extension (writers that choose a format by extension keep working)."""
     folder, name = os.path.split(os.path.abspath(path))
     stem, ext = os.path.splitext(name)
-    os.makedirs(folder, exist_ok=True)
-    temporary = os.path.join(folder, f".{stem}.partial-{os.getpid()}{ext}")
+    return os.path.join(folder, f".{stem}.partial-{os.getpid()}{ext}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+    """Yields :func:`partial_name` of ``path`` and renames it to ``path`` when
+    the block succeeds; on failure the partial file is removed. So a file at
+    ``path`` is always complete."""
+    temporary = partial_name(path)
+    os.makedirs(os.path.dirname(temporary), exist_ok=True)
     try:
         yield temporary
         os.replace(temporary, path)
@@ -127,8 +121,7 @@ def run_tool(main: Callable[[], int], prog: str = None) -> int:
     prog = prog or os.path.basename(sys.argv[0])
     try:
         return main() or 0
-    except (ToolError, FileNotFoundError, PermissionError, KeyError, ValueError,
-            CheckpointMismatchError) as e:
+    except (FileNotFoundError, PermissionError, KeyError, ValueError, CheckpointMismatchError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"{prog}: error: {message}", file=sys.stderr)
         return 2

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from detectron2.utils.visualizer import Visualizer
 
 from .predictor import SACTPredictor
-from .tools_common import atomic_path
+from .tools_common import atomic_path, partial_name
 from .visualization import PonderVisualization, ponder_visualization
 
 __all__ = ["VIDEO_FORMATS", "video_frame", "visualize_video"]
@@ -53,8 +53,7 @@ def _open_writer(stem: str, fps: float, size: Tuple[int, int]):
     """(writer, temporary path, final path) of the first format OpenCV can write."""
     for fourcc, ext in VIDEO_FORMATS:
         final = stem + ext
-        folder, name = os.path.split(final)
-        temporary = os.path.join(folder, f".{os.path.splitext(name)[0]}.partial-{os.getpid()}{ext}")
+        temporary = partial_name(final)
         writer = cv2.VideoWriter(temporary, cv2.VideoWriter_fourcc(*fourcc), fps, size)
         if writer.isOpened():
             return writer, temporary, final
