@@ -72,20 +72,21 @@ def module_rows(model) -> List[Row]:
     def get(name):
         return lambda counts: counts.get(name, 0)
 
-    rows: List[Row] = [("backbone.stem", get("backbone.stem"))]
-    for name, module in model.named_modules():
-        if isinstance(module, AdaptiveStage):
-            halting = f"{name}.halting"
-            rows.append((f"{name} (units)", lambda c, b=name, h=halting: c.get(b, 0) - c.get(h, 0)))
-            if module.adaptive:
-                rows.append((halting, get(halting)))
-    rows.append(("backbone (feature extractor)", get("backbone")))
-    rows.append(("proposal_generator (RPN)", get("proposal_generator")))
-    if not isinstance(model.roi_heads.res5, AdaptiveStage):
-        rows.append(("roi_heads.res5", get("roi_heads.res5")))
-    rows.append(("roi_heads (all)", get("roi_heads")))
-    rows.append(("total", get("")))
-    return rows
+    def block_rows(prefix):
+        rows = []
+        for name, module in model.named_modules():
+            if isinstance(module, AdaptiveStage) and name.startswith(prefix):
+                halting = f"{name}.halting"
+                rows.append((f"{name} (units)", lambda c, b=name, h=halting: c.get(b, 0) - c.get(h, 0)))
+                if module.adaptive:
+                    rows.append((halting, get(halting)))
+        return rows
+
+    head = block_rows("roi_heads.") or [("roi_heads.res5", get("roi_heads.res5"))]
+    return ([("backbone.stem", get("backbone.stem"))] + block_rows("backbone.")
+            + [("backbone (feature extractor)", get("backbone")),
+               ("proposal_generator (RPN)", get("proposal_generator"))]
+            + head + [("roi_heads (all)", get("roi_heads")), ("total", get(""))])
 
 
 def _cell(values: Sequence[float], fmt: str) -> str:

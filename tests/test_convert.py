@@ -48,7 +48,7 @@ def test_converted_resnet50_gives_torchvision_features(torchvision_r50, tmp_path
     cfg = tiny_cfg(*R50, *TORCHVISION_CONFIG, "MODEL.WEIGHTS", str(converted))
     detector = build_model(cfg).eval()
     SACTCheckpointer(detector).load(cfg.MODEL.WEIGHTS)  # errors on any missing backbone/res5 weight
-    res5 = detector.roi_heads.res5[2].conv3.norm.running_var
+    res5 = detector.state_dict()["roi_heads.res5.2.conv3.norm.running_var"]  # res5 went to the box head
     assert torch.equal(res5, model.layer4[2].bn3.running_var)
 
     rgb = torch.randint(0, 256, (3, 72, 88), generator=torch.Generator().manual_seed(1)).float()
