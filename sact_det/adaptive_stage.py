@@ -20,6 +20,7 @@ convolution, so the 3x3 convolutions read zeros there, exactly as they read
 their own zero padding for an image alone: each image's features and ponder
 maps do not depend on what it is batched with.
 """
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
@@ -31,9 +32,29 @@ from torch.nn import functional as F
 from .act import HaltingState
 from .halting import HaltingBranch, masked_global_average, tile_average
 
-__all__ = ["HALTING_TYPES", "StageOutput", "AdaptiveStage", "run_unit", "subsample_valid"]
+__all__ = ["HALTING_TYPES", "StageOutput", "AdaptiveStage", "run_unit", "subsample_valid",
+           "every_unit_evaluated"]
 
 HALTING_TYPES = ("sact", "act", "none")
+
+# --- export (sact_det.export) ------------------------------------------------
+# Tracing records Python control flow for the traced input only, so the early
+# stop of Alg. 2 line 11 would be frozen into an exported model. Within
+# every_unit_evaluated() blocks evaluate every unit, masked as in training
+# (halted positions keep their values): the same outputs, no data-dependent branch.
+_early_stop = True
+
+
+@contextlib.contextmanager
+def every_unit_evaluated():
+    """Blocks never stop early (Alg. 2 line 11 skipped) inside this context."""
+    global _early_stop
+    previous, _early_stop = _early_stop, False
+    try:
+        yield
+    finally:
+        _early_stop = previous
+# -----------------------------------------------------------------------------
 
 
 @dataclass
@@ -160,7 +181,7 @@ class AdaptiveStage(nn.Module):
         output, computed_masks = None, []
         for index, unit in enumerate(units):
             if index > 0:
-                if not self.training and state.all_halted:
+                if not self.training and _early_stop and state.all_halted:
                     break  # Alg. 2 line 11
                 if not self.training:
                     computed_masks.append(state.active)

@@ -1,52 +1,76 @@
 """Side-by-side latency of the SACT feature extractor (and detector) against
 Detectron2's dense ResNet-C4, with the same weights, in one run.
 
-Compared: Detectron2's own ``ResNet`` backbone (what a user would pick
-instead: FrozenBN, NCHW), SACT ``dense`` (masked, as trained), ``perforated``
-and ``tiled`` execution. Operating points (share of dense FLOPs) are set by
-shifting the halting biases of a network whose halting branches respond to the
-local mean activation (more computation where activations are strong), found
-by bisection on the benchmark image; or taken from a trained model as is.
+Dense baselines, both timed in every comparison:
 
-Reported per row: median latency, speedup over Detectron2's backbone (timed
-alternately with each row, so that drift of the machine cancels), FLOP ratio,
-efficiency = speedup x FLOP ratio (1.0: every saved FLOP became saved time) and
-the peak memory of the tensors allocated during inference.
+* **tuned**: the best dense version of the same network: batch norm folded,
+  channels-last, fused convolution kernels, i.e. every plain optimisation
+  SACT's executors use (:mod:`sact_det.sparse.dense`);
+* **stock**: Detectron2's own modules (FrozenBN as a separate op, NCHW), what
+  Detectron2 runs by default.
+
+SACT rows: ``dense`` (masked, as trained), ``perforated`` and ``tiled``.
+Operating points (share of dense FLOPs) come from halting branches that respond
+to the local mean activation (more computation where activations are strong)
+and one test-time halting offset found by bisection on the benchmark image;
+or from a trained model as is. With ``detector``, the whole Faster R-CNN is
+timed the same way, the ACT box head's halting (if any) calibrated to a share
+of the head's dense FLOPs, with where the time goes.
+
+Each row is timed round-robin with the two baselines (so that drift of a
+shared machine cancels in the ratios): median latency, speedup over each,
+efficiency = speedup x FLOP ratio (1.0: every saved FLOP became saved time),
+and the peak memory of the tensors allocated during inference.
 """
+import copy
 import time
-from dataclasses import asdict, dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
 from detectron2.layers import ShapeSpec
-from detectron2.modeling import build_backbone
+from detectron2.modeling import build_backbone, build_model
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 
 from .data.synthetic import render_image
+from .halting import set_test_halting_offset
 from .report import build_reports
+from .sparse.dense import TunedBackbone, tune_detector
 
-__all__ = ["Row", "benchmark_image", "set_halting_profile", "calibrate", "paired_time_ms", "peak_memory_mb",
-           "run_benchmark", "markdown_table", "machine_description", "rows_as_dicts", "profile_point"]
+__all__ = ["Row", "benchmark_image", "set_halting_profile", "set_head_halting_profile", "calibrate",
+           "time_round_robin", "peak_memory_mb", "run_benchmark", "markdown_table", "machine_description",
+           "rows_as_dicts", "profile_point"]
 
 
 @dataclass
 class Row:
+    kind: str  # "backbone" (the feature extractor) or "detector"
     model: str
     size: str
-    target_pct: Optional[float]
-    flops_pct: float
+    target_pct: Optional[float]  # feature-extractor FLOPs target
+    head_target_pct: Optional[float]  # box-head FLOPs target (ACT head)
+    flops_pct: float  # of the feature extractor (backbone rows) or of the whole detector
     median_ms: float
-    speedup: float
-    flop_ratio: float
-    efficiency: float
-    peak_mem_mb: float
+    speedup_tuned: float
+    speedup_stock: float
+    peak_mem_mb: float = float("nan")
+    breakdown_ms: Dict[str, float] = field(default_factory=dict)  # detector rows: where the time goes
+
+    @property
+    def efficiency_tuned(self) -> float:
+        return self.speedup_tuned * self.flops_pct / 100
+
+    @property
+    def efficiency_stock(self) -> float:
+        return self.speedup_stock * self.flops_pct / 100
 
 
 def benchmark_image(cfg, height: int, width: int, seed: int = 0) -> torch.Tensor:
-    """A normalised ``[1, 3, H, W]`` synthetic image (objects on clutter)."""
+    """A normalised ``[1, 3, H, W]`` synthetic image (objects on a background)."""
     image, _, _ = render_image(np.random.RandomState(seed), height, width, max_objects=5)
     tensor = torch.as_tensor(image.transpose(2, 0, 1).copy()).float()  # BGR, as Detectron2 reads
     if cfg.INPUT.FORMAT == "RGB":
@@ -56,13 +80,15 @@ def benchmark_image(cfg, height: int, width: int, seed: int = 0) -> torch.Tensor
     return ((tensor - mean) / std)[None]
 
 
+# --- operating points ---------------------------------------------------------------------
 @torch.no_grad()
 def set_halting_profile(backbone, x: torch.Tensor, sharpness: float = 2.0) -> None:
     """Halting branches that depend on the 3x3 local mean activation, standardised
     with each block's output statistics on this image: ``logit = b0 - sharpness * z``
     (more computation where activations are strong). This gives spatially
     coherent active regions, as trained models have, on random weights; the
-    biases are then shifted by :func:`calibrate`."""
+    operating point is then set by :func:`calibrate`."""
+    set_test_halting_offset(backbone, 0.0)
     features = backbone.stem(x)
     for stage in backbone.stages:
         features = stage(features).features  # dense, with the current halting
@@ -78,14 +104,30 @@ def set_halting_profile(backbone, x: torch.Tensor, sharpness: float = 2.0) -> No
             else:  # ACT: the image's mean activation
                 branch.global_logit.weight.fill_(-sharpness / (sigma * channels))
             branch.bias.fill_(sharpness * mu / sigma)
-            branch.profile_bias = branch.bias.detach().clone()
 
 
 @torch.no_grad()
-def _shift_bias(backbone, offset: float):
-    for stage in backbone.stages:
-        for branch in stage.halting or []:
-            branch.bias.copy_(branch.profile_bias + offset)
+def set_head_halting_profile(model, inputs, sharpness: float = 2.0) -> None:
+    """The ACT box head's halting on random weights: each proposal's score
+    depends on its mean activation after the unit, standardised over the
+    proposals of ``inputs`` (``logit = b0 - sharpness * z``)."""
+    head = model.roi_heads.res5
+    pooled = []
+    hooks = [branch.register_forward_pre_hook(lambda m, args: pooled.append(args[0].mean((1, 2, 3))))
+             for branch in head.halting]
+    set_test_halting_offset(head, -40.0)  # every unit on every proposal while recording
+    execution, model.roi_heads.execution = model.roi_heads.execution, "dense"
+    try:
+        model(inputs)
+    finally:
+        model.roi_heads.execution = execution
+        for hook in hooks:
+            hook.remove()
+    for branch, means in zip(head.halting, pooled):
+        mu, sigma = float(means.mean()), float(means.std()) + 1e-6
+        branch.global_logit.weight.fill_(-sharpness / (sigma * branch.global_logit.in_features))
+        branch.bias.fill_(sharpness * mu / sigma)
+    set_test_halting_offset(head, 0.0)
 
 
 @torch.no_grad()
@@ -95,23 +137,30 @@ def flops_pct(backbone, x: torch.Tensor) -> float:
     return build_reports(backbone, outputs, [size])[0].flops_pct
 
 
-def calibrate(backbone, x: torch.Tensor, target_pct: float, steps: int = 14) -> Tuple[float, float]:
-    """Bias offset (added to every halting bias; higher = earlier halting) whose
-    FLOPs are closest to ``target_pct`` % of dense, by bisection; returns
-    (offset, reached percentage) and leaves the offset applied."""
+@torch.no_grad()
+def head_flops_pct(model, inputs) -> float:
+    report = model(inputs)[0]["sact"]
+    return 100.0 * report.box_head_flops / report.box_head_dense_flops
+
+
+def calibrate(module, measure: Callable[[], float], target_pct: float, steps: int = 14) -> Tuple[float, float]:
+    """The test-time halting offset of ``module``'s branches (higher: earlier
+    halting) whose ``measure()`` (FLOPs %) is closest to ``target_pct``, by
+    bisection; returns (offset, reached percentage) and leaves it applied."""
     low, high = -30.0, 30.0
     best = (float("inf"), 0.0, float("nan"))
     for _ in range(steps):
         mid = (low + high) / 2
-        _shift_bias(backbone, mid)
-        pct = flops_pct(backbone, x)
+        set_test_halting_offset(module, mid)
+        pct = measure()
         if abs(pct - target_pct) < best[0]:
             best = (abs(pct - target_pct), mid, pct)
         low, high = (mid, high) if pct > target_pct else (low, mid)
-    _shift_bias(backbone, best[1])
+    set_test_halting_offset(module, best[1])
     return best[1], best[2]
 
 
+# --- timing ---------------------------------------------------------------------------------
 def machine_description(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -125,24 +174,23 @@ def machine_description(device: torch.device) -> str:
 
 
 @torch.no_grad()
-def paired_time_ms(baseline: Callable, candidate: Callable, x: torch.Tensor, warmup: int,
-                   repeats: int) -> Tuple[float, float]:
-    """Median wall-clock latencies (ms) of ``baseline(x)`` and ``candidate(x)``,
-    timed alternately so that both see the same machine state (synchronised on
-    CUDA). Their ratio is robust to the drift of shared machines."""
+def time_round_robin(fns: Sequence[Callable], x: torch.Tensor, warmup: int, repeats: int) -> List[float]:
+    """Median wall-clock latencies (ms) of each ``fn(x)``, timed in turn within
+    every repeat so that all see the same machine state (synchronised on
+    CUDA): their ratios are robust to the drift of shared machines."""
     sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
     for _ in range(warmup):
-        baseline(x)
-        candidate(x)
-    times = ([], [])
+        for fn in fns:
+            fn(x)
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        for fn, record in zip((baseline, candidate), times):
+        for fn, record in zip(fns, times):
             sync()
             start = time.perf_counter()
             fn(x)
             sync()
             record.append(time.perf_counter() - start)
-    return tuple(1000 * float(np.median(t)) for t in times)
+    return [1000 * float(np.median(t)) for t in times]
 
 
 @torch.no_grad()
@@ -171,10 +219,61 @@ def peak_memory_mb(fn: Callable, x: torch.Tensor) -> float:
     return peak / 2 ** 20
 
 
-def _build(cfg, device, dtype):
-    """(SACT detector or None, SACT backbone, Detectron2 backbone with the same weights)."""
-    from detectron2.modeling import build_model
+@contextmanager
+def _timed_parts(model, parts: Dict[str, float], sync):
+    """Accumulates into ``parts`` the time spent in the detector's backbone,
+    RPN, ROI pooling and res5 box head (by wrapping those callables)."""
+    backbone = model.backbone
+    targets = [("backbone", backbone, "forward_with_sact" if hasattr(backbone, "forward_with_sact") else "forward"),
+               ("RPN", model.proposal_generator, "forward"), ("ROI pooling", model.roi_heads.pooler, "forward"),
+               ("box head", model.roi_heads, "run_res5" if hasattr(model.roi_heads, "run_res5") else None),
+               ("box head", model.roi_heads.res5, None if hasattr(model.roi_heads, "run_res5") else "forward")]
+    patched = []
+    for name, owner, attribute in targets:
+        if attribute is None:
+            continue
+        original = getattr(owner, attribute)
 
+        def timed(*args, _original=original, _name=name, **kwargs):
+            sync()
+            start = time.perf_counter()
+            result = _original(*args, **kwargs)
+            sync()
+            parts[_name] = parts.get(_name, 0.0) + 1000 * (time.perf_counter() - start)
+            return result
+
+        setattr(owner, attribute, timed)
+        patched.append((owner, attribute))
+    try:
+        yield
+    finally:
+        for owner, attribute in patched:
+            delattr(owner, attribute)  # back to the class's method
+
+
+@torch.no_grad()
+def time_breakdown(model, inputs, repeats: int, sync) -> Dict[str, float]:
+    """Median ms per part of one detector inference; "post-processing" is the
+    rest (box predictor, NMS, rescaling)."""
+    totals, parts_per_run = [], []
+    for _ in range(repeats):
+        parts: Dict[str, float] = {}
+        with _timed_parts(model, parts, sync):
+            sync()
+            start = time.perf_counter()
+            model(inputs)
+            sync()
+            totals.append(1000 * (time.perf_counter() - start))
+        parts_per_run.append(parts)
+    result = {name: float(np.median([p.get(name, 0.0) for p in parts_per_run]))
+              for name in ("backbone", "RPN", "ROI pooling", "box head")}
+    result["post-processing"] = max(0.0, float(np.median(totals)) - sum(result.values()))
+    return result
+
+
+# --- building the compared models ---------------------------------------------------------
+def _build(cfg, device, dtype):
+    """(SACT detector, Detectron2's backbone with the same weights)."""
     from .checkpoint import SACTCheckpointer
 
     torch.manual_seed(0)
@@ -193,13 +292,11 @@ def _build(cfg, device, dtype):
     reference = build_resnet_backbone(cfg, ShapeSpec(channels=3))
     result = reference.load_state_dict(model.backbone.state_dict(), strict=False)
     assert not result.missing_keys, result.missing_keys  # the same unit weights
-    return model, model.backbone, reference.to(device=device, dtype=dtype).eval()
+    return model, reference.to(device=device, dtype=dtype).eval()
 
 
 def _detectron2_detector(cfg, sact_model, device, dtype):
     """Detectron2's own Faster R-CNN R-C4 with the SACT detector's weights."""
-    from detectron2.modeling import build_model
-
     d2 = cfg.clone()
     d2.defrost()
     d2.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
@@ -208,130 +305,6 @@ def _detectron2_detector(cfg, sact_model, device, dtype):
     model = build_model(d2)
     model.load_state_dict(sact_model.state_dict(), strict=False)
     return model.to(device=device, dtype=dtype).eval()
-
-
-def run_benchmark(cfg, sizes: Sequence[Tuple[int, int]], points: Sequence[Optional[float]],
-                  executions: Sequence[str], tile_size: int, warmup: int, repeats: int,
-                  dtype: torch.dtype = torch.float32, detector: bool = False,
-                  log: Callable[[str], None] = print) -> List[Row]:
-    """All rows, Detectron2's dense backbone (and detector) first for each size.
-    ``points`` of None keep the halting of the loaded weights (a trained model).
-    Latencies are measured first; peak memory afterwards, row by row."""
-    if detector and dtype != torch.float32:
-        # Detectron2's proposal and NMS code mixes the model's dtype with float32
-        # boxes, and fails on a model cast to half precision.
-        raise ValueError("the whole-detector comparison runs in float32 only: drop --detector "
-                         "or --half/--bf16")
-    device = torch.device(cfg.MODEL.DEVICE)
-    model, sact, reference = _build(cfg, device, dtype)
-    tiled = None
-    if "tiled" in executions:
-        tiled = build_backbone(_with_tile_size(cfg, tile_size)).to(device=device, dtype=dtype).eval()
-        tiled.load_state_dict(sact.state_dict())
-    d2_detector = _detectron2_detector(cfg, model, device, dtype) if detector else None
-    rows, memory_jobs = [], []
-
-    def add(row, fn, x, prepare=lambda: None):
-        rows.append(row)
-        memory_jobs.append((row, fn, x, prepare))
-        log(_format(row))
-
-    for height, width in sizes:
-        size = f"{height}x{width}"
-        x = benchmark_image(cfg, height, width).to(device=device, dtype=dtype)
-        base_ms, _ = paired_time_ms(reference, reference, x, warmup, repeats)
-        add(Row("detectron2 ResNet (dense)", size, None, 100.0, base_ms, 1.0, 1.0, 1.0, float("nan")), reference, x)
-        if detector:
-            raw = [{"image": _raw_image(cfg, x)}]
-
-            def d2_detect(_):
-                return d2_detector(raw)
-
-            def sact_detect(_):
-                return model(raw)
-        models = {e: (tiled if e == "tiled" else sact) for e in executions}
-        if any(p is not None for p in points):
-            for backbone in set(models.values()):
-                set_halting_profile(backbone, x)
-        for point in points:
-            offsets = {}
-            for execution, backbone in models.items():
-                backbone.execution = "perforated"  # the fastest; FLOPs do not depend on the execution
-                if point is None:
-                    offset, reached = None, flops_pct(backbone, x)
-                elif id(backbone) not in offsets:
-                    offset, reached = offsets[id(backbone)] = calibrate(backbone, x, point)
-                else:
-                    offset, reached = offsets[id(backbone)]
-                    _shift_bias(backbone, offset)
-                backbone.execution = execution
-
-                def prepare(backbone=backbone, execution=execution, offset=offset):
-                    backbone.execution = execution
-                    if offset is not None:
-                        _shift_bias(backbone, offset)
-
-                def run(t, backbone=backbone):
-                    return backbone.forward_with_sact(t, [(height, width)])
-
-                paired_base, ms = paired_time_ms(reference, run, x, warmup, repeats)
-                ratio = reached / 100
-                add(Row(f"SACT {execution}", size, point, reached, ms, paired_base / ms, ratio,
-                        paired_base / ms * ratio, float("nan")), run, x, prepare)
-                if detector and backbone is sact and execution != "dense":
-                    det_base, det_ms = paired_time_ms(d2_detect, sact_detect, x, 1, max(1, repeats // 2))
-                    if not any(r.model.startswith("detector: detectron2") and r.size == size for r in rows):
-                        add(Row("detector: detectron2 R-C4", size, None, 100.0, det_base, 1.0, 1.0, 1.0,
-                                float("nan")), d2_detect, x)
-                    add(Row(f"detector: SACT {execution}", size, point, reached, det_ms, det_base / det_ms,
-                            ratio, float("nan"), float("nan")), sact_detect, x, prepare)
-    for row, fn, x, prepare in memory_jobs:
-        prepare()
-        row.peak_mem_mb = peak_memory_mb(fn, x)
-    return rows
-
-
-@torch.no_grad()
-def profile_point(cfg, height: int, width: int, target_pct: float, execution: str = "perforated",
-                  repeats: int = 3) -> str:
-    """Where the time goes at one operating point: each block's active share per
-    unit, per-block latency (min of ``repeats``) beside Detectron2's blocks, and
-    PyTorch's profiler table of the SACT feature extractor."""
-    device = torch.device(cfg.MODEL.DEVICE)
-    _, sact, reference = _build(cfg, device, torch.float32)
-    x = benchmark_image(cfg, height, width).to(device)
-    set_halting_profile(sact, x)
-    sact.execution = "perforated"
-    _, reached = calibrate(sact, x, target_pct)
-    sact.execution = execution
-    lines = [f"{height}x{width}, SACT {execution} at {reached:.1f}% of dense FLOPs"]
-    _, outputs = sact.forward_with_sact(x, [(height, width)])
-    for name, out in outputs.items():
-        shares = " ".join(f"{float(m.float().mean()):.2f}" for m in out.computed_masks)
-        lines.append(f"  {name}: mean units {float(out.num_units_map.float().mean()):.2f}; "
-                     f"active share of units 2, 3, ...: {shares}")
-    executor = sact._sparse_executor() if execution != "dense" else None
-    sact_blocks = [("stem", executor.stem if executor else sact.stem)] + [
-        (name, lambda h, i=index, stage=stage: (executor.stages[i] if executor else stage)(h, None).features)
-        for index, (name, stage) in enumerate(zip(sact.stage_names, sact.stages))]
-    reference_blocks = [("stem", reference.stem)] + [
-        (name, getattr(reference, name)) for name in sact.stage_names]
-    for label, blocks in (("SACT", sact_blocks), ("detectron2", reference_blocks)):
-        times = {}
-        for _ in range(repeats):
-            h = x
-            for name, block in blocks:
-                start = time.perf_counter()
-                h = block(h)
-                if h.is_cuda:
-                    torch.cuda.synchronize()
-                times.setdefault(name, []).append(1000 * (time.perf_counter() - start))
-        lines.append(f"  {label} block latency (ms, min of {repeats}): " +
-                     ", ".join(f"{name} {min(t):.1f}" for name, t in times.items()))
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        sact.forward_with_sact(x, [(height, width)])
-    lines.append(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
-    return "\n".join(lines)
 
 
 def _raw_image(cfg, x):
@@ -349,21 +322,208 @@ def _with_tile_size(cfg, tile_size):
     return cfg
 
 
-def _format(row: Row) -> str:
+def _set_execution(model, execution: str) -> None:
+    model.backbone.execution = execution
+    model.roi_heads.execution = execution
+
+
+# --- the benchmark --------------------------------------------------------------------------
+def run_benchmark(cfg, sizes: Sequence[Tuple[int, int]], points: Sequence[Optional[float]],
+                  executions: Sequence[str], tile_size: int, warmup: int, repeats: int,
+                  dtype: torch.dtype = torch.float32, detector: bool = False,
+                  head_points: Optional[Sequence[Optional[float]]] = None, calibration_steps: int = 14,
+                  log: Callable[[str], None] = print) -> List[Row]:
+    """All rows: per size, the two dense backbones, then SACT's at every point
+    and execution; with ``detector``, the two dense detectors and SACT's
+    (perforated, and tiled if asked) at every point, the box head calibrated to
+    ``head_points`` (paired with ``points``; needs ``MODEL.SACT.HEAD_TYPE act``).
+    ``points`` of None keep the halting of the loaded weights (a trained model).
+    Latencies are measured first; peak memory afterwards, row by row."""
+    if detector and dtype != torch.float32:
+        # Detectron2's proposal and NMS code mixes the model's dtype with float32
+        # boxes, and fails on a model cast to half precision.
+        raise ValueError("the whole-detector comparison runs in float32 only: drop --detector "
+                         "or --half/--bf16")
+    head_points = list(head_points) if head_points else [None] * len(points)
+    if len(head_points) != len(points):
+        raise ValueError(f"--head-points pairs with --points: {len(head_points)} values for {len(points)} points")
+    device = torch.device(cfg.MODEL.DEVICE)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    model, stock = _build(cfg, device, dtype)
+    if any(p is not None for p in head_points) and not model.roi_heads.adaptive:
+        raise ValueError("--head-points needs an ACT box head (MODEL.SACT.HEAD_TYPE act)")
+    tuned = TunedBackbone(stock)
+    sact = model.backbone
+    tiled_model = None
+    if "tiled" in executions:
+        tiled_model = build_model(_with_tile_size(cfg, tile_size)).to(device=device, dtype=dtype).eval()
+        tiled_model.load_state_dict(model.state_dict())
+    if detector:
+        d2_stock = _detectron2_detector(cfg, model, device, dtype)
+        d2_tuned = tune_detector(copy.deepcopy(d2_stock))
+    rows, memory_jobs = [], []
+
+    def add(row, fn, x, prepare=lambda: None):
+        rows.append(row)
+        memory_jobs.append((row, fn, x, prepare))
+        log(format_row(row))
+
+    for height, width in sizes:
+        size = f"{height}x{width}"
+        x = benchmark_image(cfg, height, width).to(device=device, dtype=dtype)
+        stock_ms, tuned_ms = time_round_robin([stock, tuned], x, warmup, repeats)
+        add(Row("backbone", "detectron2 (stock)", size, None, None, 100.0, stock_ms, tuned_ms / stock_ms, 1.0),
+            stock, x)
+        add(Row("backbone", "detectron2 (tuned)", size, None, None, 100.0, tuned_ms, 1.0, stock_ms / tuned_ms),
+            tuned, x)
+        raw = [{"image": _raw_image(cfg, x)}]
+        models = {e: (tiled_model if e == "tiled" else model) for e in executions}
+        if any(p is not None for p in points):
+            for m in set(models.values()):
+                set_halting_profile(m.backbone, x)
+        if any(p is not None for p in head_points):
+            for m in set(models.values()):
+                set_head_halting_profile(m, raw)
+        if detector:
+            d2_ms = time_round_robin([lambda _: d2_stock(raw), lambda _: d2_tuned(raw)], x, 1, max(1, repeats // 2))
+            d2_parts = {name: time_breakdown(m, raw, max(1, repeats // 2), sync)
+                        for name, m in (("stock", d2_stock), ("tuned", d2_tuned))}
+            add(Row("detector", "detectron2 R-C4 (stock)", size, None, None, 100.0, d2_ms[0], d2_ms[1] / d2_ms[0],
+                    1.0, breakdown_ms=d2_parts["stock"]), lambda _: d2_stock(raw), x)
+            add(Row("detector", "detectron2 R-C4 (tuned)", size, None, None, 100.0, d2_ms[1], 1.0,
+                    d2_ms[0] / d2_ms[1], breakdown_ms=d2_parts["tuned"]), lambda _: d2_tuned(raw), x)
+        for point, head_point in zip(points, head_points):
+            for execution, m in models.items():
+                _set_execution(m, "perforated")  # the fastest; FLOPs do not depend on the execution
+                if point is None:
+                    offset, reached = None, flops_pct(m.backbone, x)
+                else:
+                    offset, reached = calibrate(m.backbone, lambda: flops_pct(m.backbone, x), point,
+                                                calibration_steps)
+                head_offset = None
+                if head_point is not None:
+                    head_offset, _ = calibrate(m.roi_heads, lambda: head_flops_pct(m, raw), head_point,
+                                               calibration_steps)
+                _set_execution(m, execution)
+
+                def prepare(m=m, execution=execution, offset=offset, head_offset=head_offset):
+                    _set_execution(m, execution)
+                    if offset is not None:
+                        set_test_halting_offset(m.backbone, offset)
+                    if head_offset is not None:
+                        set_test_halting_offset(m.roi_heads, head_offset)
+
+                def run(t, backbone=m.backbone):
+                    return backbone.forward_with_sact(t, [(height, width)])
+
+                stock_ms, tuned_ms, ms = time_round_robin([stock, tuned, run], x, warmup, repeats)
+                add(Row("backbone", f"SACT {execution}", size, point, head_point, reached, ms, tuned_ms / ms,
+                        stock_ms / ms), run, x, prepare)
+                if detector and execution != "dense":
+                    detect = (lambda _, m=m: m(raw))
+                    with torch.no_grad():
+                        report = m(raw)[0]["sact"]
+                    d2_stock_ms, d2_tuned_ms, det_ms = time_round_robin(
+                        [lambda _: d2_stock(raw), lambda _: d2_tuned(raw), detect], x, 1, max(1, repeats // 2))
+                    add(Row("detector", f"SACT {execution}", size, point, head_point, report.detector_flops_pct,
+                            det_ms, d2_tuned_ms / det_ms, d2_stock_ms / det_ms,
+                            breakdown_ms=time_breakdown(m, raw, max(1, repeats // 2), sync)), detect, x, prepare)
+    for row, fn, x, prepare in memory_jobs:
+        prepare()
+        row.peak_mem_mb = peak_memory_mb(fn, x)
+    return rows
+
+
+@torch.no_grad()
+def profile_point(cfg, height: int, width: int, target_pct: float, execution: str = "perforated",
+                  repeats: int = 3) -> str:
+    """Where the time goes at one operating point: each block's active share per
+    unit, per-block latency (min of ``repeats``) beside the tuned dense network's
+    blocks, and PyTorch's profiler table of the SACT feature extractor (with
+    the executor's own scopes: ``sact::unit``, ``sact::halting``,
+    ``sact::accumulate``, ``sact::bookkeeping``)."""
+    device = torch.device(cfg.MODEL.DEVICE)
+    model, stock = _build(cfg, device, torch.float32)
+    sact, tuned = model.backbone, TunedBackbone(stock)
+    x = benchmark_image(cfg, height, width).to(device)
+    set_halting_profile(sact, x)
+    sact.execution = "perforated"
+    _, reached = calibrate(sact, lambda: flops_pct(sact, x), target_pct)
+    sact.execution = execution
+    lines = [f"{height}x{width}, SACT {execution} at {reached:.1f}% of dense FLOPs"]
+    _, outputs = sact.forward_with_sact(x, [(height, width)])
+    for name, out in outputs.items():
+        shares = " ".join(f"{float(m.float().mean()):.2f}" for m in out.computed_masks)
+        lines.append(f"  {name}: mean units {float(out.num_units_map.float().mean()):.2f}; "
+                     f"active share of units 2, 3, ...: {shares}")
+    executor = sact._sparse_executor() if execution != "dense" else None
+    sact_blocks = [("stem", executor.stem if executor else sact.stem)] + [
+        (name, lambda h, i=index, stage=stage: (executor.stages[i] if executor else stage)(h, None).features)
+        for index, (name, stage) in enumerate(zip(sact.stage_names, sact.stages))]
+
+    def tuned_block(units):
+        def run(h):
+            for unit in units:
+                h = unit.dense(h)
+            return h
+        return run
+
+    tuned_blocks = [("stem", lambda h: F.max_pool2d(tuned.stem.relu(h.contiguous(memory_format=torch.channels_last)),
+                                                     3, 2, 1))]
+    tuned_blocks += [(name, tuned_block(units)) for name, units in zip(tuned.names, tuned.blocks)]
+    for label, blocks in (("SACT", sact_blocks), ("tuned dense", tuned_blocks)):
+        times = {}
+        for _ in range(repeats):
+            h = x
+            for name, block in blocks:
+                start = time.perf_counter()
+                h = block(h)
+                if h.is_cuda:
+                    torch.cuda.synchronize()
+                times.setdefault(name, []).append(1000 * (time.perf_counter() - start))
+        lines.append(f"  {label} block latency (ms, min of {repeats}): " +
+                     ", ".join(f"{name} {min(t):.1f}" for name, t in times.items()))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        sact.forward_with_sact(x, [(height, width)])
+    averages = prof.key_averages()
+    scopes = [e for e in averages if e.key.startswith("sact::")]
+    if scopes:
+        lines.append("  executor scopes (CPU ms): " + ", ".join(
+            f"{e.key} {e.cpu_time_total / 1000:.1f}" for e in sorted(scopes, key=lambda e: -e.cpu_time_total)))
+    lines.append(averages.table(sort_by="self_cpu_time_total", row_limit=14))
+    return "\n".join(lines)
+
+
+# --- reporting ------------------------------------------------------------------------------
+def format_row(row: Row) -> str:
     target = "" if row.target_pct is None else f"(target {row.target_pct:.0f}%)"
-    return (f"{row.size:>9} {row.model:<27} FLOPs {row.flops_pct:5.1f}% {target:<13} "
-            f"{row.median_ms:9.1f} ms  speedup {row.speedup:5.2f}x  efficiency {row.efficiency:4.2f}")
+    return (f"{row.size:>9} {row.kind:<8} {row.model:<24} FLOPs {row.flops_pct:5.1f}% {target:<13} "
+            f"{row.median_ms:9.1f} ms  vs tuned {row.speedup_tuned:5.2f}x (eff. {row.efficiency_tuned:4.2f})  "
+            f"vs stock {row.speedup_stock:5.2f}x")
 
 
 def markdown_table(rows: Sequence[Row]) -> str:
-    lines = ["| size | model | target % | FLOPs % | median ms | speedup | efficiency | peak MB |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| size | | model | FLOPs target % | head target % | FLOPs % | median ms | speedup vs tuned | "
+             "efficiency vs tuned | speedup vs stock | efficiency vs stock | peak MB |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         target = "" if r.target_pct is None else f"{r.target_pct:.0f}"
-        lines.append(f"| {r.size} | {r.model} | {target} | {r.flops_pct:.1f} | {r.median_ms:.1f} | "
-                     f"{r.speedup:.2f} | {r.efficiency:.2f} | {r.peak_mem_mb:.1f} |")
+        head = "" if r.head_target_pct is None else f"{r.head_target_pct:.0f}"
+        lines.append(f"| {r.size} | {r.kind} | {r.model} | {target} | {head} | {r.flops_pct:.1f} | {r.median_ms:.1f} | "
+                     f"{r.speedup_tuned:.2f} | {r.efficiency_tuned:.2f} | {r.speedup_stock:.2f} | "
+                     f"{r.efficiency_stock:.2f} | {r.peak_mem_mb:.1f} |")
+    breakdowns = [r for r in rows if r.breakdown_ms]
+    if breakdowns:
+        parts = list(breakdowns[0].breakdown_ms)
+        lines += ["", "| size | detector | FLOPs target % | head target % | " + " | ".join(f"{p} ms" for p in parts) + " |",
+                  "|---|---|---:|---:|" + "---:|" * len(parts)]
+        for r in breakdowns:
+            target = "" if r.target_pct is None else f"{r.target_pct:.0f}"
+            head = "" if r.head_target_pct is None else f"{r.head_target_pct:.0f}"
+            lines.append(f"| {r.size} | {r.model} | {target} | {head} | "
+                         + " | ".join(f"{r.breakdown_ms[p]:.0f}" for p in parts) + " |")
     return "\n".join(lines)
 
 
 def rows_as_dicts(rows: Sequence[Row]) -> List[dict]:
-    return [asdict(r) for r in rows]
+    return [dict(asdict(r), efficiency_tuned=r.efficiency_tuned, efficiency_stock=r.efficiency_stock) for r in rows]

@@ -16,7 +16,7 @@ UNITS_PER_DEPTH = {50: (3, 4, 6), 101: (3, 4, 23), 152: (3, 8, 36)}
 
 
 def add_sact_config(cfg: CN) -> None:
-    """Adds ``MODEL.SACT`` to a Detectron2 config, in place."""
+    """Adds ``MODEL.SACT`` and ``DATASETS.COCO_JSON`` to a Detectron2 config, in place."""
     cfg.MODEL.SACT = CN()
     # "sact" (per-position halting, eq. 14), "act" (per-image, eq. 6), or
     # "none" (plain ResNet, for the non-adaptive baselines).
@@ -58,6 +58,10 @@ def add_sact_config(cfg: CN) -> None:
     # Reference for "% of dense" in FLOP reports: the dense feature extractor of
     # this ResNet depth (same widths) at the same image size. Table 1 uses 101.
     cfg.MODEL.SACT.FLOPS_REFERENCE_DEPTH = 101
+    # COCO-format datasets to register before anything runs, as (name, json_file,
+    # image_root) triples, e.g. (("my_train", "a.json", "images/"),); their class
+    # names come from the json's categories. Name them in DATASETS.TRAIN / TEST.
+    cfg.DATASETS.COCO_JSON = ()
 
 
 def validate_sact_config(cfg: CN) -> None:
@@ -97,6 +101,25 @@ def validate_sact_config(cfg: CN) -> None:
     if sact.HEAD_TYPE == "act" and sact.RES5_NUM_UNITS < 2:
         raise ValueError("MODEL.SACT.HEAD_TYPE act needs MODEL.SACT.RES5_NUM_UNITS >= 2 (a one-unit res5 "
                          f"cannot halt earlier), got {sact.RES5_NUM_UNITS}")
+    validate_coco_json(cfg.DATASETS.COCO_JSON)
+
+
+def validate_coco_json(entries) -> None:
+    """Raises ValueError unless ``DATASETS.COCO_JSON`` is a sequence of
+    (name, json_file, image_root) triples of non-empty strings, names unique."""
+    expected = ("DATASETS.COCO_JSON must be a list of (name, json_file, image_root) triples, "
+                "e.g. ((\"my_train\", \"train.json\", \"images/\"),)")
+    if isinstance(entries, str) or not isinstance(entries, (list, tuple)):
+        raise ValueError(f"{expected}; got {entries!r}")
+    names = []
+    for entry in entries:
+        if (isinstance(entry, str) or not isinstance(entry, (list, tuple)) or len(entry) != 3
+                or not all(isinstance(v, str) and v for v in entry)):
+            raise ValueError(f"{expected}; got the entry {entry!r}")
+        names.append(entry[0])
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"DATASETS.COCO_JSON names each dataset once; {repeated} appear more than once")
 
 
 def units_per_block(cfg: CN):

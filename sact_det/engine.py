@@ -24,7 +24,8 @@ from detectron2.utils.logger import setup_logger
 
 from .checkpoint import SACTCheckpointer
 from .config import fall_back_to_cpu, get_sact_cfg
-from .data import SYNTHETIC_SPLITS, check_datasets_exist, ensure_synthetic, register_synthetic
+from .data import (SYNTHETIC_SPLITS, check_datasets_exist, ensure_synthetic, register_config_datasets,
+                   register_synthetic)
 from .evaluation import SACTEvaluator
 
 __all__ = ["SACTTrainer", "TrainingDivergedError", "setup", "main", "argument_parser", "launch_main"]
@@ -179,6 +180,7 @@ def setup(args):
             ensure_synthetic()  # generated on first use (seconds), then reused
         comm.synchronize()
         register_synthetic()
+    register_config_datasets(cfg)
     check_datasets_exist(sorted(names))
     return cfg
 

@@ -112,11 +112,11 @@ class Block4ROIHeads(Res5ROIHeads):
             proposals = self.label_and_sample_proposals(proposals, targets)
         proposal_boxes = [x.proposal_boxes for x in proposals]
         pooled = self.pooler([features[f] for f in self.in_features], proposal_boxes)
-        if self.training or self.execution == "dense":
+        if self.training:
             out = self.res5(pooled)
             box_features, units = out.features.mean(dim=(2, 3)), out.num_units_map[:, 0, 0]
         else:
-            box_features, units = self._gathered_executor()(pooled)
+            box_features, units = self.run_res5(pooled)
         predictions = self.box_predictor(box_features)
         if self.training:
             losses = self.box_predictor.losses(predictions, proposals)
@@ -129,6 +129,16 @@ class Block4ROIHeads(Res5ROIHeads):
             return [], losses
         instances, kept = self.box_predictor.inference(predictions, proposals)
         return instances, self._reports(proposals, units, instances, kept)
+
+    @torch.no_grad()
+    def run_res5(self, pooled: torch.Tensor):
+        """Inference of res5 on ``[R, C, h, w]`` pooled proposal features: the box
+        predictor's input ``[R, C]`` (the spatial mean of the block output) and
+        the units each proposal ran ``[R]``."""
+        if self.execution == "dense":  # masked, as trained
+            out = self.res5(pooled)
+            return out.features.mean(dim=(2, 3)), out.num_units_map[:, 0, 0]
+        return self._gathered_executor()(pooled)
 
     def _gathered_executor(self) -> GatheredHeadExecutor:
         if self._executor is None or not self._executor.is_current():

@@ -92,6 +92,9 @@ def _final_results(output_dir: str, datasets: Sequence[str]) -> Dict[str, float]
         last = next(m for m in reversed(lines) if f"{prefix}bbox/AP" in m)
         results.update({f"{dataset}/AP": last[f"{prefix}bbox/AP"], f"{dataset}/AP50": last[f"{prefix}bbox/AP50"],
                         f"{dataset}/FLOPs_pct": last[f"{prefix}sact/FLOPs_pct"]})
+        for key in ("detector_FLOPs_pct", "head_units"):  # the whole detector, an ACT box head
+            if f"{prefix}sact/{key}" in last:
+                results[f"{dataset}/{key}"] = last[f"{prefix}sact/{key}"]
     return results
 
 

@@ -3,7 +3,7 @@
 Usable from Python (notebooks) and by ``tools/visualize_ponder.py``::
 
     predictor = SACTPredictor(cfg)                  # cfg.MODEL.WEIGHTS: a trained model
-    vis = visualize(predictor, "image.jpg")         # maps at the image's resolution
+    vis = visualize(predictor, "image.jpg")         # or a BGR array (cv2.imread); maps at its resolution
     vis.figure(score_threshold=0.5).savefig("ponder.png")
     vis.blocks_figure().savefig("blocks.png")
 
@@ -33,7 +33,8 @@ from .maps import map_to_image  # noqa: E402
 from .predictor import SACTPredictor  # noqa: E402
 from .report import SACTReport  # noqa: E402
 
-__all__ = ["PonderVisualization", "colorize", "visualize", "expand_inputs", "visualize_files"]
+__all__ = ["PonderVisualization", "colorize", "visualize", "ponder_visualization", "expand_inputs",
+           "visualize_files"]
 
 DEFAULT_CMAP = "inferno"
 logger = logging.getLogger("sact_det")
@@ -121,18 +122,31 @@ class PonderVisualization:
 
 
 def visualize(predictor: SACTPredictor, image) -> PonderVisualization:
-    """Runs the model on an image (path or RGB array) and returns its maps."""
-    image = read_image_rgb(image) if isinstance(image, str) else np.asarray(image)
-    output = predictor.ponder_output(image)
+    """Runs the model on an image and returns its maps. ``image``: a path (read
+    as RGB, see :func:`~sact_det.data.images.read_image_rgb`) or, as the
+    predictor takes it, a BGR ``uint8 [H, W, 3]`` array (``cv2.imread``)."""
+    if isinstance(image, str):
+        image_bgr = read_image_rgb(image)[:, :, ::-1]
+    else:
+        image_bgr = np.asarray(image)
+    output = predictor.ponder_output(image_bgr)
+    return ponder_visualization(np.ascontiguousarray(image_bgr[:, :, ::-1]), output,
+                                predictor.model.backbone.stage_strides, predictor.metadata)
+
+
+def ponder_visualization(image_rgb: np.ndarray, output: dict, strides: Dict[str, int],
+                         metadata=None) -> PonderVisualization:
+    """A model output (``instances`` and ``sact``) on ``image_rgb`` as maps at
+    the image's resolution; ``strides``: each block's stride (the backbone's
+    ``stage_strides``)."""
     report = output["sact"]
-    size = tuple(image.shape[:2])
-    strides = predictor.model.backbone.stage_strides
+    size = tuple(image_rgb.shape[:2])
     block_maps = {name: map_to_image(m, report.image_size, size, strides[name])
                   for name, m in report.ponder_maps.items()}
     return PonderVisualization(
-        image=image, instances=output["instances"].to("cpu"), sact=report,
+        image=image_rgb, instances=output["instances"].to("cpu"), sact=report,
         ponder_map=map_to_image(report.ponder_map, report.image_size, size, report.ponder_map_stride),
-        block_maps=block_maps, metadata=predictor.metadata)
+        block_maps=block_maps, metadata=metadata)
 
 
 def expand_inputs(inputs) -> Tuple[list, list]:
@@ -192,7 +206,7 @@ def visualize_files(predictor: SACTPredictor, inputs, output_dir: str, score_thr
             failures.append((path, reason))
             records.append(_record(path, None, score_threshold, reason))
             continue
-        vis = visualize(predictor, image)
+        vis = visualize(predictor, image[:, :, ::-1])  # the predictor takes BGR, as Detectron2's
         vis.label_units = label_units
         name = os.path.splitext(os.path.basename(path))[0]
         stem, index = name, 1

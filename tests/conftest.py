@@ -1,4 +1,5 @@
 """Shared fixtures: configs of the tiny CPU models and a small synthetic dataset on disk."""
+import importlib.util
 import os
 
 import pytest
@@ -42,3 +43,13 @@ def synthetic_root(tmp_path_factory):
                      size_range=((120, 160), (150, 200)), max_objects=3)
     register_synthetic(root)
     return root
+
+
+def load_tool(name: str):
+    """A script of ``tools/`` as a module (``name`` relative to tools/, without
+    .py), so that tests call its ``main(argv)`` in-process."""
+    path = os.path.join(REPO, "tools", name + ".py")
+    spec = importlib.util.spec_from_file_location("tool_" + name.replace("/", "_"), path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -6,18 +6,20 @@ import torch
 
 from sact_det.benchmark import (_build, benchmark_image, calibrate, flops_pct, peak_memory_mb, profile_point,
                                 run_benchmark, set_halting_profile)
+from sact_det.sparse.dense import TunedBackbone, tune_detector
 
 from conftest import tiny_cfg
 
 
 def test_calibration_reaches_the_operating_point():
     cfg = tiny_cfg()
-    _, backbone, _ = _build(cfg, torch.device("cpu"), torch.float32)
+    model, _ = _build(cfg, torch.device("cpu"), torch.float32)
+    backbone = model.backbone
     x = benchmark_image(cfg, 96, 128)
     set_halting_profile(backbone, x)
     backbone.execution = "perforated"
     for target in (80.0, 45.0):
-        offset, reached = calibrate(backbone, x, target)
+        offset, reached = calibrate(backbone, lambda: flops_pct(backbone, x), target)
         assert abs(reached - target) < 3.0
         assert math.isclose(flops_pct(backbone, x), reached)  # the offset stays applied
     # Spatially varying halting: the active sets are neither empty nor everything.
@@ -27,18 +29,44 @@ def test_calibration_reaches_the_operating_point():
 
 
 def test_rows_for_every_execution_point_and_the_detector():
-    rows = run_benchmark(tiny_cfg(), [(96, 128)], [100.0, 50.0], ["dense", "perforated", "tiled"], tile_size=4,
-                         warmup=0, repeats=1, detector=True, log=lambda line: None)
-    models = [r.model for r in rows]
-    assert models[0] == "detectron2 ResNet (dense)" and models.count("detector: detectron2 R-C4") == 1
+    cfg = tiny_cfg("MODEL.SACT.RES5_NUM_UNITS", "3", "MODEL.SACT.HEAD_TYPE", "act")
+    rows = run_benchmark(cfg, [(96, 128)], [100.0, 50.0], ["dense", "perforated", "tiled"], tile_size=4,
+                         warmup=0, repeats=1, detector=True, head_points=[100.0, 50.0], calibration_steps=7,
+                         log=lambda line: None)
+    backbones = [r.model for r in rows if r.kind == "backbone"]
+    detectors = [r for r in rows if r.kind == "detector"]
+    assert backbones[:2] == ["detectron2 (stock)", "detectron2 (tuned)"]
     for execution in ("dense", "perforated", "tiled"):
-        assert models.count(f"SACT {execution}") == 2
-    assert models.count("detector: SACT perforated") == 2
+        assert backbones.count(f"SACT {execution}") == 2
+    assert [r.model for r in detectors[:2]] == ["detectron2 R-C4 (stock)", "detectron2 R-C4 (tuned)"]
+    assert [r.model for r in detectors[2:]] == ["SACT perforated", "SACT tiled"] * 2
     for row in rows:
-        assert row.median_ms > 0 and row.speedup > 0 and row.peak_mem_mb > 0
-        if row.target_pct is not None:
-            assert abs(row.flops_pct - row.target_pct) < 5.0
-            assert math.isclose(row.flop_ratio, row.flops_pct / 100)
+        assert row.median_ms > 0 and row.speedup_tuned > 0 and row.speedup_stock > 0 and row.peak_mem_mb > 0
+        if row.kind == "backbone" and row.target_pct is not None:
+            assert abs(row.flops_pct - row.target_pct) < 8.0  # 7 bisection steps
+    for row in detectors:
+        assert set(row.breakdown_ms) == {"backbone", "RPN", "ROI pooling", "box head", "post-processing"}
+        assert all(v >= 0 for v in row.breakdown_ms.values()) and row.breakdown_ms["box head"] > 0
+    full, half = detectors[2], detectors[4]  # perforated at (100, 100) and (50, 50)
+    assert half.flops_pct < full.flops_pct  # the whole detector's FLOPs follow both operating points
+
+
+def test_tuned_dense_networks_equal_detectron2s():
+    cfg = tiny_cfg("MODEL.SACT.TYPE", "none", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0")
+    from sact_det.benchmark import _detectron2_detector
+
+    model, stock = _build(cfg, torch.device("cpu"), torch.float32)
+    x = torch.randn(1, 3, 96, 128)
+    with torch.no_grad():
+        reference = stock(x)["res4"]
+        difference = (TunedBackbone(stock)(x)["res4"] - reference).abs().max() / reference.abs().max()
+        assert difference < 1e-5
+        d2 = _detectron2_detector(cfg, model, torch.device("cpu"), torch.float32)
+        inputs = [{"image": torch.rand(3, 96, 128) * 255}]
+        expected = d2(inputs)[0]["instances"]
+        tuned = tune_detector(d2)(inputs)[0]["instances"]
+    assert len(expected) == len(tuned) > 0
+    assert torch.allclose(expected.scores, tuned.scores, atol=1e-4)
 
 
 def test_peak_memory_counts_what_a_function_allocates():

@@ -116,7 +116,7 @@ def test_directory_with_a_corrupt_file(predictor, image_dir, tmp_path, monkeypat
         row = rows[f"{name}.{'jpg' if name == 'rgb' else 'png'}"]
         assert row["status"] == "ok" and (int(row["height"]), int(row["width"])) == (height, width)
     # The CSV holds the model's own per-image outputs.
-    direct = predictor(read_image_rgb(str(image_dir / "gray.png")))["sact"]
+    direct = predictor(read_image_rgb(str(image_dir / "gray.png"))[:, :, ::-1])["sact"]  # BGR
     assert float(rows["gray.png"]["ponder_cost"]) == pytest.approx(direct.ponder_cost)
     assert int(rows["gray.png"]["flops"]) == direct.flops
     assert float(rows["gray.png"]["units_res4"]) == pytest.approx(direct.units_per_block["res4"])

@@ -1,9 +1,11 @@
 #!/usr/bin/env python
-"""Latency of the SACT feature extractor vs Detectron2's dense ResNet-C4 backbone,
+"""Latency of the SACT feature extractor (and detector) vs Detectron2's dense
+ResNet-C4, tuned (batch norm folded, channels-last, fused kernels) and stock,
 side by side in one run, same weights, at controlled shares of dense FLOPs.
 
     python tools/benchmark.py                                  # CPU, 600x800, 5 operating points
     python tools/benchmark.py --sizes 600x800 800x1333 --executions dense perforated tiled
+    python tools/benchmark.py --detector --points 100 56 25 --head-points 100 50 45   # whole detector, ACT head
     python tools/benchmark.py --device cuda --half             # GPU, fp16
     python tools/benchmark.py --config-file CFG --weights model_final.pth --points trained
     python tools/benchmark.py --profile 56                      # where the time goes at 56 %
@@ -18,8 +20,7 @@ from datetime import date
 
 import torch
 
-from sact_det.benchmark import (
-    machine_description, markdown_table, profile_point, rows_as_dicts, run_benchmark)
+from sact_det.benchmark import machine_description, markdown_table, profile_point, rows_as_dicts, run_benchmark
 from sact_det.config import get_sact_cfg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,6 +44,9 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--detector", action="store_true",
                         help="also time the whole detector (Detectron2's Faster R-CNN R-C4 vs SACT)")
+    parser.add_argument("--head-points", nargs="+", type=float, metavar="PCT",
+                        help="with --detector: the ACT box head's FLOPs in %% of its dense FLOPs, paired with "
+                             "--points (sets MODEL.SACT.HEAD_TYPE act)")
     parser.add_argument("--profile", type=float, metavar="PCT",
                         help="instead of the table: per-block latency and profiler table at PCT %% FLOPs "
                              "(float32, first size, first execution other than dense)")
@@ -56,7 +60,9 @@ def main(argv=None):
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = get_sact_cfg(args.config_file, ["MODEL.DEVICE", args.device, "MODEL.WEIGHTS", args.weights, *args.opts])
+    head = ["MODEL.SACT.HEAD_TYPE", "act"] if args.head_points else []
+    cfg = get_sact_cfg(args.config_file, ["MODEL.DEVICE", args.device, "MODEL.WEIGHTS", args.weights, *head,
+                                          *args.opts])
     sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes]
     points = [None] if args.points == ["trained"] else [float(p) for p in args.points]
     dtype = torch.float16 if args.half else torch.bfloat16 if args.bf16 else torch.float32
@@ -68,7 +74,7 @@ def main(argv=None):
         return
     try:
         rows = run_benchmark(cfg, sizes, points, args.executions, args.tile_size, args.warmup, args.repeats,
-                             dtype=dtype, detector=args.detector)
+                             dtype=dtype, detector=args.detector, head_points=args.head_points)
     except ValueError as e:  # a combination of options that cannot run: say which
         sys.exit(f"error: {e}")
     if args.json:

@@ -50,8 +50,8 @@ def main(argv=None) -> int:
     fall_back_to_cpu(cfg)
     predictor = SACTPredictor(cfg)
 
-    def ponder(rgb):
-        return predictor.ponder_output(rgb, resize=False)["sact"].ponder_map.numpy()
+    def ponder(rgb):  # the predictor takes BGR, as Detectron2's DefaultPredictor does
+        return predictor.ponder_output(rgb[:, :, ::-1], resize=False)["sact"].ponder_map.numpy()
 
     result = evaluate_cat2000(ponder, args.cat2000, tuple(args.size), args.sigmas, args.gammas,
                               progress=tqdm)

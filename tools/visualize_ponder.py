@@ -1,19 +1,26 @@
 #!/usr/bin/env python
-"""Ponder cost maps of a SACT detector over images: where it spends computation.
+"""Ponder cost maps of a SACT detector over images or a video: where it spends computation.
 
     python tools/visualize_ponder.py --config-file configs/synthetic/sact_tiny.yaml \
         --input img.jpg photos/ 'more/*.png' --output ponder_out \
         --opts MODEL.WEIGHTS output/demo/model_final.pth
+    python tools/visualize_ponder.py --config-file configs/synthetic/sact_tiny.yaml \
+        --video-input clip.mp4 --output ponder_out --opts MODEL.WEIGHTS output/demo/model_final.pth
 
-Writes <name>_ponder.png, <name>_blocks.png, <name>_overlay.png per image and
-ponder_summary.csv/.json. Unreadable images are reported and skipped; the exit
-status is 1 if any input failed.
+Images: writes <name>_ponder.png, <name>_blocks.png, <name>_overlay.png per image
+and ponder_summary.csv/.json. Unreadable images are reported and skipped; the
+exit status is 1 if any input failed.
+Video: writes <name>_ponder.mp4 (every frame with its detections over the
+ponder heat map, one colour scale for the whole video) and <name>_ponder.csv
+(per frame: FLOPs, % of dense, ponder cost, detections).
 """
 import argparse
 import sys
 
 from sact_det.config import fall_back_to_cpu, get_sact_cfg
 from sact_det.predictor import SACTPredictor
+from sact_det.tools_common import existing_file, run_tool
+from sact_det.video import visualize_video
 from sact_det.visualization import visualize_files
 from detectron2.utils.logger import setup_logger
 
@@ -21,7 +28,9 @@ from detectron2.utils.logger import setup_logger
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", required=True, help="model config (YAML)")
-    parser.add_argument("--input", nargs="+", required=True, help="image files, directories or glob patterns")
+    inputs = parser.add_mutually_exclusive_group(required=True)
+    inputs.add_argument("--input", nargs="+", help="image files, directories or glob patterns")
+    inputs.add_argument("--video-input", type=existing_file, metavar="FILE", help="a video file")
     parser.add_argument("--output", required=True, help="output directory")
     parser.add_argument("--score-threshold", type=float, default=0.5, help="minimum score of drawn detections")
     parser.add_argument("--ponder-range", type=float, nargs=2, metavar=("MIN", "MAX"),
@@ -38,6 +47,12 @@ def main(argv=None) -> int:
     setup_logger(name="fvcore")
     cfg = get_sact_cfg(args.config_file, args.opts)
     fall_back_to_cpu(cfg)
+    if args.video_input:
+        def video():
+            path, table, frames = visualize_video(SACTPredictor(cfg), args.video_input, args.output,
+                                                  args.score_threshold, args.ponder_range)
+            print(f"{frames} frames written to {path}; per-frame FLOPs and ponder cost in {table}")
+        return run_tool(video)
     records, failures = visualize_files(SACTPredictor(cfg), args.input, args.output,
                                         args.score_threshold, args.ponder_range, label_units=args.label_units)
     print(f"{len(records) - len(failures)} image(s) written to {args.output}; {len(failures)} failed")

@@ -1,6 +1,6 @@
 from .datasets import (SYNTHETIC_SPLITS, check_datasets_exist, default_synthetic_root,
-                       ensure_synthetic, register_synthetic)
+                       ensure_synthetic, register_config_datasets, register_synthetic)
 from .synthetic import generate_dataset
 
 __all__ = ["SYNTHETIC_SPLITS", "check_datasets_exist", "default_synthetic_root",
-           "ensure_synthetic", "register_synthetic", "generate_dataset"]
+           "ensure_synthetic", "register_config_datasets", "register_synthetic", "generate_dataset"]

@@ -1,8 +1,11 @@
-"""Dataset registration: the built-in synthetic COCO-format dataset, and checks
-that registered COCO-format datasets exist before a run starts."""
+"""Dataset registration: the built-in synthetic COCO-format dataset, the
+COCO-format datasets named in ``DATASETS.COCO_JSON``, and checks that
+registered COCO-format datasets exist before a run starts."""
+import json
 import logging
 import os
-from typing import Iterable
+import re
+from typing import Iterable, List
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
@@ -10,12 +13,14 @@ from detectron2.data.datasets import register_coco_instances
 from .synthetic import CATEGORIES, DATASET_VERSION, dataset_version, generate_dataset, split_paths
 
 __all__ = ["SYNTHETIC_SPLITS", "default_synthetic_root", "register_synthetic",
-           "ensure_synthetic", "check_datasets_exist"]
+           "ensure_synthetic", "check_datasets_exist", "coco_category_names", "register_config_datasets"]
 
 logger = logging.getLogger("sact_det")
 
 # Dataset name -> split directory.
 SYNTHETIC_SPLITS = {"synthetic_train": "train", "synthetic_val": "val", "synthetic_val_heldout": "val_heldout"}
+# Metadata mark of the datasets registered from DATASETS.COCO_JSON.
+CONFIG_SOURCE = "DATASETS.COCO_JSON"
 
 
 def default_synthetic_root() -> str:
@@ -57,17 +62,90 @@ def ensure_synthetic(root: str = None, **generate_kwargs) -> str:
     return root
 
 
+def coco_category_names(json_file: str) -> List[str]:
+    """Category names of a COCO json, by id: what Detectron2's ``load_coco_json``
+    sets as ``thing_classes``.
+
+    The ``"categories"`` array is decoded on its own: COCO files put it after the
+    (large) images and annotations, and parsing a whole COCO-sized file at every
+    start would take seconds and gigabytes. Whatever cannot be read that way is
+    parsed whole. Were it misread, Detectron2 would refuse to load the dataset
+    (metadata cannot change once set), so a mistake cannot go unnoticed.
+    """
+    with open(json_file, encoding="utf-8") as f:
+        text = f.read()
+    categories = None
+    for match in reversed(list(re.finditer(r'"categories"\s*:\s*', text))):
+        try:
+            candidate = json.JSONDecoder().raw_decode(text, match.end())[0]
+        except ValueError:
+            continue
+        if isinstance(candidate, list) and all(isinstance(c, dict) and {"id", "name"} <= set(c)
+                                               for c in candidate):
+            categories = candidate
+            break
+    if categories is None:
+        try:
+            categories = json.loads(text).get("categories")
+        except (ValueError, AttributeError) as e:
+            raise ValueError(f"{json_file!r} is not a COCO json object: {e}") from None
+        if not isinstance(categories, list) or not categories:
+            raise ValueError(f"{json_file!r} has no \"categories\" list (COCO format expected)")
+    return [c["name"] for c in sorted(categories, key=lambda c: c["id"])]
+
+
+def _registered_from_config(name: str) -> bool:
+    return name in DatasetCatalog.list() and MetadataCatalog.get(name).get("source") == CONFIG_SOURCE
+
+
+def register_config_datasets(cfg) -> List[str]:
+    """Registers the COCO-format datasets of ``cfg.DATASETS.COCO_JSON`` with
+    Detectron2 (``register_coco_instances``); returns their names.
+
+    Class names come from each json's categories when the file exists; a
+    missing file is left to :func:`check_datasets_exist`, which reports it when
+    a run uses the dataset. Registering again (another config) moves a dataset
+    that came from ``COCO_JSON``; a name Detectron2 or sact-det already uses
+    for another dataset is an error.
+    """
+    names = []
+    for name, json_file, image_root in cfg.DATASETS.COCO_JSON:
+        if name in DatasetCatalog.list():
+            if not _registered_from_config(name):
+                raise ValueError(f"DATASETS.COCO_JSON: the name {name!r} is already a registered dataset "
+                                 "(built in); give yours another name")
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+        metadata = {"source": CONFIG_SOURCE}
+        if os.path.isfile(json_file):
+            metadata["thing_classes"] = _category_names_for(name, json_file)
+        register_coco_instances(name, metadata, json_file, image_root)
+        names.append(name)
+    return names
+
+
+def _category_names_for(name: str, json_file: str) -> List[str]:
+    try:
+        return coco_category_names(json_file)
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"DATASETS.COCO_JSON: dataset {name!r}: cannot read the categories of "
+                         f"{json_file!r}: {e}") from None
+
+
 def check_datasets_exist(names: Iterable[str]) -> None:
     """Raises FileNotFoundError naming the dataset, the missing file or
     directory, and where to get it, for COCO-format datasets."""
     for name in names:
         if name not in DatasetCatalog.list():
-            raise KeyError(f"dataset {name!r} is not registered; registered datasets include "
+            raise KeyError(f"dataset {name!r} is not registered (a COCO-format dataset of your own goes "
+                           "in DATASETS.COCO_JSON); registered datasets include "
                            f"{sorted(n for n in DatasetCatalog.list() if 'coco' in n or 'synthetic' in n)}")
         meta = MetadataCatalog.get(name)
         if name in SYNTHETIC_SPLITS:
             hint = ("generate it with `python tools/make_synthetic_coco.py` "
                     "(or run the demo, which does)")
+        elif meta.get("source") == CONFIG_SOURCE:
+            hint = "check its entry in DATASETS.COCO_JSON"
         else:
             hint = "see datasets/README.md for the expected layout"
         for attr in ("json_file", "image_root"):

@@ -10,6 +10,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.profiler import record_function
 
 from ..act import HaltingState
 from ..adaptive_stage import AdaptiveStage, StageOutput, subsample_valid
@@ -76,7 +77,8 @@ class SparseStageExecutor:
         output = torch.zeros((layout.num, stage.out_channels), device=device)  # float32, eq. (10)
         computed_masks: List[torch.Tensor] = []
         for index, unit in enumerate(self.units):
-            active = state.active_positions()
+            with record_function("sact::bookkeeping"):
+                active = state.active_positions()
             halting = self.halting[index] if index < stage.num_units - 1 else None
             dilated = None  # None: every row may have changed
             if index > 0:
@@ -84,17 +86,22 @@ class SparseStageExecutor:
                     break  # Alg. 2 line 11
                 computed_masks.append(state.active.view(batch, 1, height, width))
                 rows.begin_unit(halting)
-                conv1_at, conv23_at, dilated = self._run_unit(unit, rows, active, tiles)
+                with record_function("sact::unit"):
+                    conv1_at, conv23_at, dilated = self._run_unit(unit, rows, active, tiles)
                 executed += perforated_unit_flops(stage.units[index], conv23_at, conv1_at)
             score = None  # h^L = 1, eq. (5)
             if halting is not None:
-                logits, taps_at = rows.halting_logits(halting, active, dilated)
-                images = torch.unique(layout.image_of[active]).numel()
-                executed += halting_flops(stage.halting[index], taps_at, images)
-                score = torch.sigmoid(logits)
-                if tiles is not None:
-                    score = tile_mean(score, tiles[1][active], tiles[2])
-            rows.accumulate(output, active, state.update(score, active))  # lines 18-34
+                with record_function("sact::halting"):
+                    logits, taps_at = rows.halting_logits(halting, active, dilated)
+                    images = torch.unique(layout.image_of[active]).numel()
+                    executed += halting_flops(stage.halting[index], taps_at, images)
+                    score = torch.sigmoid(logits)
+                    if tiles is not None:
+                        score = tile_mean(score, tiles[1][active], tiles[2])
+            with record_function("sact::bookkeeping"):
+                weight = state.update(score, active)  # lines 18-34
+            with record_function("sact::accumulate"):
+                rows.accumulate(output, active, weight)
         features = output.to(rows.data.dtype).view(batch, height, width, -1).permute(0, 3, 1, 2)
         return StageOutput(features=features, valid=layout.valid.view(batch, 1, height, width),
                            num_units_map=state.num_units.view(batch, height, width),

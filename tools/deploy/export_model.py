@@ -1,0 +1,41 @@
+#!/usr/bin/env python
+"""Exports a SACT detector to TorchScript (traced through Detectron2's
+TracingAdapter, dense masked execution with every unit evaluated), as
+Detectron2's tools/deploy/export_model.py --export-method tracing does.
+
+    python tools/deploy/export_model.py --config-file configs/synthetic/sact_tiny.yaml \
+        --output exported --opts MODEL.WEIGHTS output/demo/model_final.pth
+
+Writes OUTPUT/model.ts. It takes one image, float32 [3, H, W] in INPUT.FORMAT
+(0-255, resized as the config's test-time resizing does), and returns
+(boxes, scores, classes, then per block its ponder cost map and units map);
+the names are stored in the file as sact_outputs.json. The example image is
+--sample-image or the first image of DATASETS.TEST. ONNX is not provided.
+"""
+import sys
+
+from detectron2.utils.logger import setup_logger
+
+from sact_det.export import FORMATS, export_model
+from sact_det.tools_common import ToolParser, add_config_arguments, existing_file, load_config, run_tool
+
+
+def main(argv=None) -> int:
+    parser = ToolParser(__doc__)
+    parser.add_argument("--output", required=True, metavar="DIR", help="output directory")
+    parser.add_argument("--format", choices=FORMATS, default="torchscript")
+    parser.add_argument("--sample-image", type=existing_file, metavar="FILE",
+                        help="image to trace with (default: the first image of DATASETS.TEST)")
+    add_config_arguments(parser)
+    args = parser.parse_args(argv)
+
+    def export():
+        setup_logger(name="sact_det")
+        cfg = load_config(args.config_file, args.opts)
+        path, names = export_model(cfg, args.output, args.format, args.sample_image)
+        print(f"wrote {path}; outputs: {', '.join(names)}")
+    return run_tool(export, parser.prog)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
