@@ -74,7 +74,7 @@ class SparseStageExecutor:
         tiles = layout.tiles(stage.tile_size) if spatial and stage.tile_size > 1 else None
 
         state = HaltingState(layout.valid, stage.eps)
-        output = torch.zeros((layout.num, stage.out_channels), device=device)  # float32, eq. (10)
+        output = None  # float32 [P, C], eq. (10)
         computed_masks: List[torch.Tensor] = []
         for index, unit in enumerate(self.units):
             with record_function("sact::bookkeeping"):
@@ -93,15 +93,15 @@ class SparseStageExecutor:
             if halting is not None:
                 with record_function("sact::halting"):
                     logits, taps_at = rows.halting_logits(halting, active, dilated)
-                    images = torch.unique(layout.image_of[active]).numel()
+                    images = 1 if batch == 1 else int(state.active.view(batch, -1).any(1).sum())
                     executed += halting_flops(stage.halting[index], taps_at, images)
                     score = torch.sigmoid(logits)
                     if tiles is not None:
                         score = tile_mean(score, tiles[1][active], tiles[2])
-            with record_function("sact::bookkeeping"):
-                weight = state.update(score, active)  # lines 18-34
+            with record_function("sact::bookkeeping"):  # lines 18-34; all active: no index arithmetic
+                weight = state.update(score, None if active.numel() == layout.num else active)
             with record_function("sact::accumulate"):
-                rows.accumulate(output, active, weight)
+                output = rows.accumulate(output, active, weight)
         features = output.to(rows.data.dtype).view(batch, height, width, -1).permute(0, 3, 1, 2)
         return StageOutput(features=features, valid=layout.valid.view(batch, 1, height, width),
                            num_units_map=state.num_units.view(batch, height, width),

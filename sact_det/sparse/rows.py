@@ -77,6 +77,19 @@ class MapLayout:
         return windows, tile_ids(self.batch, self.height, self.width, k, windows.device), windows.shape[0]
 
 
+def _sum_of_neighbour_taps(products: torch.Tensor) -> torch.Tensor:
+    """``[B, H, W]``: at each position, the sum over the 3x3 taps t of tap t's
+    product at the neighbour t points to (zero outside the map), from the nine
+    per-tap product maps ``[B, 9, H, W]`` (taps row-major): the 3x3 term of eq. (14)."""
+    height, width = products.shape[-2:]
+    padded = F.pad(products, (1, 1, 1, 1))
+    total = padded[:, 0, 0:height, 0:width].clone()
+    for tap in range(1, 9):
+        dy, dx = divmod(tap, 3)
+        total += padded[:, tap, dy:dy + height, dx:dx + width]
+    return total
+
+
 class BlockRows:
     """The rows ``[P, C]`` of a block's current map, with the per-image pooled
     means (``pool(x)`` of eqs. 6, 14) and the current halting branch's per-tap
@@ -134,41 +147,45 @@ class BlockRows:
         and the number of positions whose tap products were computed.
 
         After a unit that rewrote every row (``dilated`` None), one pass over
-        the map gives the per-tap products and ``x W`` of the pooled term.
-        After a sparse unit, the products of the rows it wrote are current;
-        those of the ring around them (``dilated`` minus ``active``) are
-        computed here, and the pooled term comes from the pooled means."""
+        the map gives the per-tap products and ``x W`` of the pooled term
+        (``W pool(x) = mean(x W)``); the 3x3 term is then the sum of each
+        position's neighbours' tap products, a one-hot 3x3 convolution of the
+        nine product maps. After a sparse unit, the products of the rows it
+        wrote are current; those of the ring around them (``dilated`` minus
+        ``active``) are computed here, and the pooled term comes from the
+        pooled means."""
         lay = self.layout
         if dilated is None:
             products = F.linear(self.data, halting.products.to(self.data.dtype))  # [P, 10] (ACT: [P, 1])
-            projected = products[:, -1].float().view(lay.batch, 1, lay.height, lay.width)
-            global_logits = masked_global_average(projected, lay.valid_map)[:, 0] + halting.offset_bias
+            maps = products.view(lay.batch, lay.height, lay.width, -1).permute(0, 3, 1, 2)
+            global_logits = masked_global_average(maps[:, -1:].float(), lay.valid_map)[:, 0] + halting.offset_bias
+            logits = global_logits[lay.image_of] if lay.batch > 1 else global_logits.expand(lay.num)
             if halting.taps is not None:
-                self.tap_products[:lay.num] = products[:, :9]
-            computed = lay.num
-        else:
-            if self.pooled is None:
-                self.pooled = masked_global_average(self.map.float(), lay.valid_map)
-            global_logits = halting.global_logit(self.pooled)
-            computed = 0
-            if halting.taps is not None:
-                is_active = torch.zeros(lay.num + 1, dtype=torch.bool, device=active.device)
-                is_active[active] = True
-                ring = dilated[~is_active[dilated]]
-                self.tap_products.index_copy_(
-                    0, ring, F.linear(self.data.index_select(0, ring), halting.taps.to(self.data.dtype)))
-                computed = dilated.numel()
-        logits = global_logits[lay.image_of[active]]
+                logits = logits + _sum_of_neighbour_taps(maps[:, :9]).reshape(lay.num).float()
+            return (logits if active.numel() == lay.num else logits[active]), lay.num
+        if self.pooled is None:
+            self.pooled = masked_global_average(self.map.float(), lay.valid_map)
+        logits = halting.global_logit(self.pooled)[lay.image_of[active]]
         if halting.taps is None:
-            return logits, computed
+            return logits, 0
+        is_active = torch.zeros(lay.num + 1, dtype=torch.bool, device=active.device)
+        is_active[active] = True
+        ring = dilated[~is_active[dilated]]
+        self.tap_products.index_copy_(
+            0, ring, F.linear(self.data.index_select(0, ring), halting.taps.to(self.data.dtype)))
         tap_index = torch.arange(9, device=active.device)
-        return logits + self.tap_products[lay.neighbours[active], tap_index].sum(1).float(), computed
+        return logits + self.tap_products[lay.neighbours[active], tap_index].sum(1).float(), dilated.numel()
 
-    def accumulate(self, output: torch.Tensor, active: torch.Tensor, weight: torch.Tensor) -> None:
-        """``output += p^l x^l`` at the active positions (eq. 10): from this
-        unit's own new rows when they were kept, over the whole map when most
-        positions are active, else gathered in chunks."""
+    def accumulate(self, output: Optional[torch.Tensor], active: torch.Tensor,
+                   weight: torch.Tensor) -> torch.Tensor:
+        """``output += p^l x^l`` at the active positions (eq. 10), float32 ``[P, C]``;
+        returns it (``output`` None: the first unit's term, a new tensor). From
+        this unit's own new rows when they were kept, over the whole map when
+        most positions are active, else gathered in chunks."""
         num = self.layout.num
+        if output is None:  # the first unit: every position, a new tensor (no pass to zero it)
+            full = weight if active.numel() == num else weight.new_zeros(num).index_copy_(0, active, weight)
+            return self.data.float() * full[:, None]
         if self.written is not None and sum(p.numel() for p, _ in self.written) == active.numel():
             full = output.new_zeros(num).index_copy_(0, active, weight)
             for positions, new in self.written:
@@ -182,3 +199,4 @@ class BlockRows:
                 part = active[start:start + chunk]
                 rows = self.data.index_select(0, part).float()
                 output.index_add_(0, part, rows.mul_(weight[start:start + chunk, None]))
+        return output
