@@ -108,7 +108,9 @@ class FoldedHalting:
         global_weight = branch.global_logit.weight.detach()
         if branch.spatial_logit is not None:  # [9, C]: F.linear's layout, much faster than [C, 9] here
             self.taps = branch.spatial_logit.weight.detach()[0].flatten(1).t().contiguous()
-        self.products = torch.cat([self.taps, global_weight]) if self.taps is not None else global_weight
+        products = torch.cat([self.taps, global_weight]) if self.taps is not None else global_weight
+        # as a 1x1 convolution's weights [10, C, 1, 1] (ACT: [1, C, 1, 1]), channels-last
+        self.products = products[:, :, None, None].contiguous(memory_format=torch.channels_last)
         self.global_weight = global_weight[0].float()
         self.bias = branch.bias.detach()[0].float()
 

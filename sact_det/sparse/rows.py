@@ -14,6 +14,7 @@ from torch.nn import functional as F
 
 from ..halting import masked_global_average, tile_ids
 from .folding import FoldedHalting
+from .kernels import conv
 
 __all__ = ["MapLayout", "BlockRows", "chunk_rows"]
 
@@ -156,8 +157,7 @@ class BlockRows:
         pooled means."""
         lay = self.layout
         if dilated is None:
-            products = F.linear(self.data, halting.products.to(self.data.dtype))  # [P, 10] (ACT: [P, 1])
-            maps = products.view(lay.batch, lay.height, lay.width, -1).permute(0, 3, 1, 2)
+            maps = conv(self.map, halting.products.to(self.data.dtype))  # [B, 10, H, W] (ACT: [B, 1, H, W])
             global_logits = masked_global_average(maps[:, -1:].float(), lay.valid_map)[:, 0] + halting.offset_bias
             logits = global_logits[lay.image_of] if lay.batch > 1 else global_logits.expand(lay.num)
             if halting.taps is not None:
