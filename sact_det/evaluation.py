@@ -69,10 +69,11 @@ def summarize_records(records: List[dict]) -> dict:
         for key in ("rpn_flops", "box_head_flops", "num_proposals", "detector_flops", "detector_dense_flops",
                     "detector_flops_pct"):
             summary[key] = _stats([r[key] for r in records])
-        if records[0].get("head_units") is not None:
-            summary["head_units"] = _stats([r["head_units"] for r in records])
-            shares = np.array([r["head_halting_shares"] for r in records], dtype=np.float64)
-            weights = np.array([r["num_proposals"] for r in records], dtype=np.float64)[:, None]
+        with_head = [r for r in records if r.get("head_units") is not None]  # an ACT head, proposals
+        if with_head:
+            summary["head_units"] = _stats([r["head_units"] for r in with_head])
+            shares = np.array([r["head_halting_shares"] for r in with_head], dtype=np.float64)
+            weights = np.array([r["num_proposals"] for r in with_head], dtype=np.float64)[:, None]
             summary["head_halting_shares"] = (shares * weights).sum(0) / max(weights.sum(), 1)
             summary["head_halting_shares"] = summary["head_halting_shares"].tolist()
     if records[0]["ponder_cost"] is not None:
