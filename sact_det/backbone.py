@@ -18,10 +18,12 @@ from detectron2.modeling.backbone.resnet import BasicStem, BottleneckBlock, ResN
 
 from .adaptive_stage import AdaptiveStage, StageOutput, subsample_valid
 from .config import UNITS_PER_DEPTH, units_per_block, validate_sact_config
+from .errors import NonFiniteOutputError
 from .flops import dense_flops
 from .sparse import SparseBackboneExecutor
 
-__all__ = ["SACTResNet", "build_sact_resnet_backbone", "build_resnet_units", "padding_mask", "stem_forward"]
+__all__ = ["SACTResNet", "build_sact_resnet_backbone", "build_resnet_units", "padding_mask", "stem_forward",
+           "check_finite"]
 
 STAGE_NAMES = ("res2", "res3", "res4")
 
@@ -70,6 +72,20 @@ def stem_forward(stem: nn.Module, x: torch.Tensor, valid: Optional[torch.Tensor]
     x = F.relu_(stem.conv1(x)) * subsample_valid(valid, 2)
     x = F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
     return x * subsample_valid(valid, stem.stride)
+
+
+def check_finite(block: str, features: torch.Tensor, scores_finite: Optional[torch.Tensor] = None) -> None:
+    """Raises :class:`NonFiniteOutputError` naming ``block`` when its features
+    or halting scores hold NaN or infinity (broken weights), so that inference
+    fails instead of reporting plausible numbers. One reduction and one host
+    sync per block; used at inference only."""
+    features_finite = torch.isfinite(features).all()
+    scores_finite = features_finite.new_ones(()) if scores_finite is None else scores_finite
+    if not (features_finite & scores_finite):
+        what = " and ".join(name for name, ok in (("features", features_finite), ("halting scores", scores_finite))
+                            if not ok)
+        raise NonFiniteOutputError(f"block {block} of the feature extractor produced non-finite {what} "
+                                   "(NaN or inf): the model weights (MODEL.WEIGHTS) are broken")
 
 
 class SACTResNet(Backbone):
@@ -149,10 +165,14 @@ class SACTResNet(Backbone):
         valid = padding_mask(image_sizes, x)
         sparse = self._sparse_executor() if not self.training and self.execution != "dense" else None
         x = sparse.stem(x, valid) if sparse else stem_forward(self.stem, x, valid)
+        if not self.training:
+            check_finite("stem", x)
         valid = subsample_valid(valid, self.stem.stride)
         for index, (name, stage) in enumerate(zip(self.stage_names, self.stages)):
             out = sparse.stages[index](x, valid) if sparse and stage.adaptive else stage(x, valid)
             x = out.features
+            if not self.training:
+                check_finite(name, x, out.scores_finite)
             valid = out.valid if valid is not None else None
             stage_outputs[name] = out
             if name in self._out_features:
