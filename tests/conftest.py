@@ -1,4 +1,6 @@
-"""Shared fixtures: configs of the tiny CPU models and a small synthetic dataset on disk."""
+"""Shared fixtures: configs of the tiny CPU models, a small synthetic dataset on
+disk, and the sact_det log."""
+import logging
 import os
 
 import pytest
@@ -42,3 +44,18 @@ def synthetic_root(tmp_path_factory):
                      size_range=((120, 160), (150, 200)), max_objects=3)
     register_synthetic(root)
     return root
+
+
+@pytest.fixture
+def sact_log(caplog):
+    """``caplog`` recording the sact_det logger at INFO and above, whether or not
+    Detectron2's ``setup_logger`` has stopped it from propagating to the root."""
+    logger = logging.getLogger("sact_det")
+    propagate, level = logger.propagate, logger.level
+    logger.propagate = False  # recorded once, by the handler below
+    logger.setLevel(logging.INFO)
+    logger.addHandler(caplog.handler)
+    yield caplog
+    logger.removeHandler(caplog.handler)
+    logger.propagate = propagate
+    logger.setLevel(level)

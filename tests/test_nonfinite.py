@@ -5,9 +5,10 @@ import torch
 
 from detectron2.modeling import build_model
 
+from sact_det.engine import command_line
 from sact_det.errors import NonFiniteOutputError
 
-from conftest import tiny_cfg
+from conftest import config_path, tiny_cfg
 
 
 @pytest.fixture(scope="module")
@@ -48,3 +49,16 @@ def test_nan_weights_are_named(model, parameter, message, execution):
     with torch.no_grad():
         assert "sact" in model([image])[0]  # the intact model runs
 
+
+def test_eval_only_with_nan_weights_fails_naming_the_block(synthetic_root, model, tmp_path, capsys):
+    weights = tmp_path / "nan.pth"
+    torch.save({"model": with_nan(model, "backbone.res3.0.conv2.weight")}, weights)
+    with pytest.raises(SystemExit) as exit_:
+        command_line(["--config-file", config_path("synthetic/sact_tiny.yaml"), "--eval-only",
+                      "MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "192",
+                      "DATALOADER.NUM_WORKERS", "0", "MODEL.WEIGHTS", str(weights),
+                      "OUTPUT_DIR", str(tmp_path / "eval")])
+    assert exit_.value.code != 0
+    err = capsys.readouterr().err
+    assert "error: block res3 of the feature extractor produced non-finite features" in err
+    assert "Traceback" not in err

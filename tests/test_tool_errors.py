@@ -5,6 +5,8 @@ import sys
 
 import pytest
 
+from sact_det.engine import command_line
+
 from conftest import REPO, config_path
 
 sys.path.insert(0, os.path.join(REPO, "tools"))
@@ -77,3 +79,8 @@ def test_visualize_ponder_arguments(extra, expected, tmp_path, capsys):
     assert line.endswith("error: " + expected.format(file=a_file))
     assert not os.path.exists(tmp_path / "out")  # nothing written
 
+
+def test_train_net_config_errors_before_any_process_starts(capsys):
+    line = error_of(command_line, ["--config-file", TINY, "--num-gpus", "2", "SOLVER.BASE_LRR", "0.1"], capsys)
+    assert ("error: unknown config key SOLVER.BASE_LRR in the command-line overrides; "
+            "did you mean SOLVER.BASE_LR") in line
