@@ -17,8 +17,8 @@ from typing import Optional, Sequence, Tuple
 from .errors import InputError
 
 __all__ = ["positive_int", "non_negative_int", "non_negative_float", "positive_float", "probability",
-           "image_size", "check_range", "check_output_file", "check_output_dir", "check_input_dir",
-           "load_config", "report_input_errors"]
+           "image_size", "check_range", "check_output_file", "check_output_dir", "load_config",
+           "report_input_errors"]
 
 
 def _number(text: str, kind, what: str, ok) -> float:
@@ -100,11 +100,6 @@ def check_output_dir(parser: argparse.ArgumentParser, option: str, path: str) ->
     problem = _writable_dir(path)
     if problem:
         parser.error(f"argument {option}: cannot write into {path}: {problem}")
-
-
-def check_input_dir(parser: argparse.ArgumentParser, option: str, path: str) -> None:
-    if not os.path.isdir(path):
-        parser.error(f"argument {option}: {path} is not a directory")
 
 
 def load_config(parser: argparse.ArgumentParser, config_file: str, opts=()):
