@@ -31,9 +31,10 @@ from torch.nn import functional as F
 
 from .act import HaltingState
 from .halting import HaltingBranch, masked_global_average, tile_average
+from .tools_common import NonFiniteOutputError
 
 __all__ = ["HALTING_TYPES", "StageOutput", "AdaptiveStage", "run_unit", "subsample_valid",
-           "every_unit_evaluated"]
+           "every_unit_evaluated", "check_finite"]
 
 HALTING_TYPES = ("sact", "act", "none")
 
@@ -200,3 +201,26 @@ class AdaptiveStage(nn.Module):
             computed_masks=computed_masks,
             scores_finite=state.scores_finite,
         )
+
+
+def check_finite(block: str, features: torch.Tensor, scores_finite: Optional[torch.Tensor] = None,
+                 weights_finite: bool = True) -> None:
+    """Raises :class:`~sact_det.tools_common.NonFiniteOutputError` naming
+    ``block`` (e.g. "block res3 of the feature extractor") when its features or
+    halting scores hold NaN or infinity (broken weights), so that inference
+    fails instead of reporting plausible numbers. One reduction and one host
+    sync per block; used at inference only.
+
+    ``weights_finite`` False (the folded weights of a sparse executor hold NaN
+    or infinity) counts as non-finite features: the masked dense computation
+    gives NaN there, but oneDNN's fused ReLU turns NaN into 0, so the sparse
+    path's output alone would not show it."""
+    features_finite = torch.isfinite(features).all()
+    if not weights_finite:
+        features_finite = torch.zeros_like(features_finite)
+    scores_finite = features_finite.new_ones(()) if scores_finite is None else scores_finite
+    if not (features_finite & scores_finite):
+        what = " and ".join(name for name, ok in (("features", features_finite), ("halting scores", scores_finite))
+                            if not ok)
+        raise NonFiniteOutputError(f"{block} produced non-finite {what} (NaN or inf): the model weights "
+                                   "(MODEL.WEIGHTS) are broken")

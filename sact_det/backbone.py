@@ -16,7 +16,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from detectron2.modeling.backbone.resnet import BasicStem, BottleneckBlock, ResNet
 
-from .adaptive_stage import AdaptiveStage, StageOutput, subsample_valid
+from .adaptive_stage import AdaptiveStage, StageOutput, check_finite, subsample_valid
 from .config import UNITS_PER_DEPTH, units_per_block, validate_sact_config
 from .flops import dense_flops
 from .halting import set_test_halting_offset
@@ -150,10 +150,16 @@ class SACTResNet(Backbone):
         valid = padding_mask(image_sizes, x)
         sparse = self._sparse_executor() if not self.training and self.execution != "dense" else None
         x = sparse.stem(x, valid) if sparse else stem_forward(self.stem, x, valid)
+        if not self.training:
+            check_finite("block stem of the feature extractor", x, weights_finite=not sparse or sparse.stem_finite)
         valid = subsample_valid(valid, self.stem.stride)
         for index, (name, stage) in enumerate(zip(self.stage_names, self.stages)):
-            out = sparse.stages[index](x, valid) if sparse and stage.adaptive else stage(x, valid)
+            executor = sparse.stages[index] if sparse and stage.adaptive else None
+            out = executor(x, valid) if executor else stage(x, valid)
             x = out.features
+            if not self.training:
+                check_finite(f"block {name} of the feature extractor", x, out.scores_finite,
+                             weights_finite=not executor or executor.weights_finite)
             valid = out.valid if valid is not None else None
             stage_outputs[name] = out
             if name in self._out_features:

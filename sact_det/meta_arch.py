@@ -8,9 +8,31 @@ from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from detectron2.structures import Instances
 from detectron2.utils.events import get_event_storage
 
+from .tools_common import NonFiniteOutputError
 from .report import add_detector_flops, build_reports
 
 __all__ = ["SACTRCNN"]
+
+
+def _tensors(value) -> List[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    return [t for v in value for t in _tensors(v)] if isinstance(value, (tuple, list)) else []
+
+
+def _finite_at_inference(head: str):
+    """A forward hook: at inference, raises :class:`NonFiniteOutputError` naming
+    ``head`` when the module's output tensors hold NaN or infinity. Detectron2's
+    proposal and box post-processing silently drop such predictions, which
+    would turn broken weights into a plausible report with fewer detections."""
+    def hook(module, inputs, outputs):
+        if module.training:
+            return
+        tensors = _tensors(outputs)
+        if tensors and not torch.stack([torch.isfinite(t).all() for t in tensors]).all():
+            raise NonFiniteOutputError(f"the {head} produced non-finite outputs (NaN or inf): the model "
+                                       "weights (MODEL.WEIGHTS) are broken")
+    return hook
 
 
 @META_ARCH_REGISTRY.register()
@@ -23,6 +45,8 @@ class SACTRCNN(GeneralizedRCNN):
     Inference returns, next to ``"instances"``, a :class:`~sact_det.report.SACTReport`
     per image as ``"sact"``: feature-extractor FLOPs (absolute, per block, % of
     dense), ponder cost and mean units per block, and ponder cost maps.
+    Non-finite features, halting scores (checked by the backbone), RPN or box
+    predictions at inference are an error naming the block or head.
     """
 
     @configurable
@@ -35,6 +59,10 @@ class SACTRCNN(GeneralizedRCNN):
         if self.proposal_generator is None:
             raise ValueError("SACTRCNN needs a proposal generator (MODEL.PROPOSAL_GENERATOR.NAME: RPN)")
         self.ponder_weight = ponder_weight
+        for module, head in ((getattr(self.proposal_generator, "rpn_head", None), "RPN head"),
+                             (getattr(self.roi_heads, "box_predictor", None), "box head (res5 and box predictor)")):
+            if module is not None:
+                module.register_forward_hook(_finite_at_inference(head))
 
     @classmethod
     def from_config(cls, cfg):

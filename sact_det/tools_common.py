@@ -1,19 +1,65 @@
-"""What the command-line tools share: argument checks that fail with one line,
-config loading, and output files that appear only when complete.
+"""What the command-line tools share: errors explained by their message,
+argument checks that fail with one line, config loading, and output files that
+appear only when complete.
 
 A tool in ``tools/`` builds its parser with :class:`ToolParser`, declares its
-arguments with the ``type=`` checkers below, and runs its one package call
-through :func:`run_tool`, so that every bad input ends the same way: one line
-``<tool>: error: <argument>: <what was expected>`` on stderr and exit status 2.
+arguments with the ``type=`` checkers below (checked before any work starts),
+and runs its one package call through :func:`run_tool`, so that every bad
+input ends the same way: one line ``<tool>: error: <what, and what was
+expected>`` on stderr and exit status 2 (:data:`INPUT_ERROR_STATUS`)::
+
+    parser = ToolParser(__doc__)
+    parser.add_argument("--sizes", nargs="+", type=image_size)
+    parser.add_argument("--json", type=output_file(".json"))
+    args = parser.parse_args(argv)                  # bad arguments: SystemExit(2)
+    check_range(parser, "--ponder-range", args.ponder_range)
+    cfg = load_config(args.config_file, args.opts, parser)
+    return run_tool(lambda: work(cfg, args), parser.prog)   # bad input found later: returns 2
+
+An :class:`InputError` is a problem with what the user gave (a file, a config
+key, an argument, a checkpoint); the package raises it with a message that
+names it. Its subclasses also derive from the built-in exception a caller would
+expect (``FileNotFoundError``, ``ValueError``, ...), so ``except ValueError``
+keeps working.
 """
 import argparse
 import contextlib
 import os
 import sys
-from typing import Callable, Iterator, Sequence, Tuple
+from typing import Callable, Iterator, Optional, Sequence, Tuple
 
-__all__ = ["ToolParser", "existing_file", "image_size", "positive_int", "output_file",
+__all__ = ["InputError", "InputFileNotFoundError", "InputKeyError", "InputValueError", "NonFiniteOutputError",
+           "INPUT_ERROR_STATUS", "ToolParser", "existing_file", "image_size", "positive_int", "non_negative_int",
+           "positive_float", "non_negative_float", "probability", "output_file", "output_dir", "check_range",
            "add_config_arguments", "load_config", "partial_name", "atomic_path", "run_tool"]
+
+# Exit status of a tool ended by bad input (argparse's).
+INPUT_ERROR_STATUS = 2
+
+
+class InputError(Exception):
+    """A problem with the user's input, explained by its message."""
+
+    def __str__(self):
+        # KeyError would quote the message; an explanation reads better bare.
+        return str(self.args[0]) if len(self.args) == 1 else super().__str__()
+
+
+class InputFileNotFoundError(InputError, FileNotFoundError):
+    pass
+
+
+class InputKeyError(InputError, KeyError):
+    pass
+
+
+class InputValueError(InputError, ValueError):
+    pass
+
+
+class NonFiniteOutputError(InputError, FloatingPointError):
+    """The model produced NaN or infinity at inference: its weights are broken.
+    The message names the block or head where it first happened."""
 
 
 class ToolParser(argparse.ArgumentParser):
@@ -21,11 +67,11 @@ class ToolParser(argparse.ArgumentParser):
     what was expected. ``--help`` still prints the full usage."""
 
     def __init__(self, description: str = None, **kwargs):
-        super().__init__(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
-                         **kwargs)
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(description=description, **kwargs)
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(INPUT_ERROR_STATUS, f"{self.prog}: error: {message}\n")
 
 
 def existing_file(path: str) -> str:
@@ -38,31 +84,97 @@ def existing_file(path: str) -> str:
 
 
 def image_size(text: str) -> Tuple[int, int]:
-    """``type=`` for ``HxW`` (e.g. ``600x800``) -> ``(600, 800)``."""
+    """``type=`` for ``HxW`` (e.g. ``600x800``) -> ``(600, 800)``, both positive."""
     parts = text.lower().split("x")
-    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH in pixels (e.g. 600x800), got {text!r}")
-    return int(parts[0]), int(parts[1])
+    try:
+        height, width = (int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH in pixels (e.g. 600x800), got {text!r}") from None
+    if height <= 0 or width <= 0:
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH with positive integers (e.g. 600x800), "
+                                         f"got {text!r}")
+    return height, width
+
+
+def _number(text: str, kind, what: str, ok):
+    try:
+        value = kind(text)
+    except ValueError:
+        value = None
+    if value is None or not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return value
 
 
 def positive_int(text: str) -> int:
     """``type=`` for an integer >= 1."""
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(text)
+    return _number(text, int, "a positive integer", lambda v: v > 0)
 
 
-def output_file(*extensions: str) -> Callable[[str], str]:
-    """``type=`` for an output file with one of ``extensions`` in a directory
-    that exists or can be created."""
+def non_negative_int(text: str) -> int:
+    """``type=`` for an integer >= 0."""
+    return _number(text, int, "an integer >= 0", lambda v: v >= 0)
+
+
+def positive_float(text: str) -> float:
+    """``type=`` for a finite number > 0."""
+    return _number(text, float, "a positive number", lambda v: 0 < v < float("inf"))
+
+
+def non_negative_float(text: str) -> float:
+    """``type=`` for a finite number >= 0."""
+    return _number(text, float, "a number >= 0", lambda v: 0 <= v < float("inf"))
+
+
+def probability(text: str) -> float:
+    """``type=`` for a number in [0, 1]."""
+    return _number(text, float, "a number between 0 and 1", lambda v: 0 <= v <= 1)
+
+
+def _unwritable_dir(path: str) -> Optional[str]:
+    """Why files cannot be created in directory ``path`` (made if absent), or None."""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):  # the nearest existing ancestor will hold the new directories
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        return f"{existing} is not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None
+
+
+def output_file(*extensions: str, create_parent: bool = False) -> Callable[[str], str]:
+    """``type=`` for an output file (with one of ``extensions``, if given) in a
+    writable directory: one that exists or, with ``create_parent``, one that
+    can be created (the writer creates it)."""
     def check(path: str) -> str:
-        if not path.lower().endswith(extensions):
+        if os.path.isdir(path):
+            raise argparse.ArgumentTypeError(f"cannot write {path}: it is a directory")
+        if extensions and not path.lower().endswith(extensions):
             raise argparse.ArgumentTypeError(f"expected a file name ending in {' or '.join(extensions)}, "
                                              f"got {path!r}")
-        if os.path.isdir(path):
-            raise argparse.ArgumentTypeError(f"expected a file name, {path!r} is a directory")
+        directory = os.path.dirname(os.path.abspath(path))
+        if not create_parent and not os.path.isdir(directory):
+            raise argparse.ArgumentTypeError(f"cannot write {path}: directory {directory} does not exist")
+        problem = _unwritable_dir(directory)
+        if problem:
+            raise argparse.ArgumentTypeError(f"cannot write {path}: {problem}")
         return path
     return check
+
+
+def output_dir(path: str) -> str:
+    """``type=`` for an output directory that exists or can be created, and is writable."""
+    problem = _unwritable_dir(path)
+    if problem:
+        raise argparse.ArgumentTypeError(f"cannot write into {path}: {problem}")
+    return path
+
+
+def check_range(parser: argparse.ArgumentParser, option: str, values: Optional[Sequence[float]]) -> None:
+    """``MIN MAX`` (``nargs=2``) with MIN < MAX (None: not given)."""
+    if values is not None and not values[0] < values[1]:
+        parser.error(f"argument {option}: MIN must be less than MAX, got {values[0]:g} {values[1]:g}")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -73,19 +185,29 @@ def add_config_arguments(parser: argparse.ArgumentParser, required: bool = True)
                         help="config overrides, e.g. MODEL.WEIGHTS output/demo/model_final.pth")
 
 
-def load_config(config_file: str, opts: Sequence[str] = ()):
+def load_config(config_file: str, opts: Sequence[str] = (), parser: argparse.ArgumentParser = None):
     """The SACT config of a tool: file + overrides, on the CPU when CUDA is
     absent, with the datasets of ``DATASETS.COCO_JSON`` registered; a local
-    ``MODEL.WEIGHTS`` file that does not exist is an error before anything is built."""
+    ``MODEL.WEIGHTS`` file that does not exist is an error before anything is built.
+
+    A missing file, an unknown key or an invalid value raises an error that
+    names it; with ``parser``, it is that parser's argument error instead (one
+    line, exit status 2), for tools that check everything before any work.
+    """
     from .config import fall_back_to_cpu, get_sact_cfg
     from .data import register_config_datasets
 
-    cfg = get_sact_cfg(config_file, list(opts))
-    weights = cfg.MODEL.WEIGHTS
-    if weights and "://" not in weights and not os.path.isfile(weights):
-        raise FileNotFoundError(f"MODEL.WEIGHTS: expected a checkpoint file, {weights!r} does not exist")
-    fall_back_to_cpu(cfg)
-    register_config_datasets(cfg)
+    try:
+        cfg = get_sact_cfg(config_file, list(opts))
+        weights = cfg.MODEL.WEIGHTS
+        if weights and "://" not in weights and not os.path.isfile(weights):
+            raise InputFileNotFoundError(f"MODEL.WEIGHTS: expected a checkpoint file, {weights!r} does not exist")
+        fall_back_to_cpu(cfg)
+        register_config_datasets(cfg)
+    except (KeyError, ValueError, FileNotFoundError) as e:  # the messages name the key or file
+        if parser is None:
+            raise
+        parser.error(_message(e))
     return cfg
 
 
@@ -100,8 +222,14 @@ def partial_name(path: str) -> str:
 @contextlib.contextmanager
 def atomic_path(path: str) -> Iterator[str]:
     """Yields :func:`partial_name` of ``path`` and renames it to ``path`` when
-    the block succeeds; on failure the partial file is removed. So a file at
-    ``path`` is always complete."""
+    the block succeeds (``os.replace``: atomic on POSIX file systems); on any
+    failure, an interruption included, the partial file is removed and ``path``
+    keeps its old content. So a file at ``path`` is always complete, and a
+    process killed mid-write leaves only a hidden partial file, which nothing reads.
+
+        with atomic_path("report.json") as temporary, open(temporary, "w") as f:
+            json.dump(report, f)
+    """
     temporary = partial_name(path)
     os.makedirs(os.path.dirname(temporary), exist_ok=True)
     try:
@@ -112,16 +240,19 @@ def atomic_path(path: str) -> Iterator[str]:
             os.remove(temporary)
 
 
-def run_tool(main: Callable[[], int], prog: str = None) -> int:
-    """Runs a tool's ``main`` and turns the errors a user can cause (a missing or
-    unreadable file, a bad config key or value, a checkpoint that does not fit)
-    into one ``prog: error: ...`` line and exit status 2."""
-    from .checkpoint import CheckpointMismatchError
+def _message(error: BaseException) -> str:
+    # KeyError quotes its argument; the message reads better bare.
+    return str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
 
+
+def run_tool(main: Callable[[], Optional[int]], prog: str = None) -> int:
+    """Runs a tool's ``main`` and returns its exit status (``None``: 0). The
+    errors a user can cause (an :class:`InputError`, a missing or unreadable
+    file, a bad config key or value, a checkpoint that does not fit) become one
+    ``prog: error: ...`` line on stderr and status :data:`INPUT_ERROR_STATUS`."""
     prog = prog or os.path.basename(sys.argv[0])
     try:
         return main() or 0
-    except (FileNotFoundError, PermissionError, KeyError, ValueError, CheckpointMismatchError) as e:
-        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"{prog}: error: {message}", file=sys.stderr)
-        return 2
+    except (InputError, FileNotFoundError, PermissionError, KeyError, ValueError) as e:
+        print(f"{prog}: error: {_message(e)}", file=sys.stderr, flush=True)
+        return INPUT_ERROR_STATUS

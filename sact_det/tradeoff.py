@@ -18,6 +18,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from .tools_common import atomic_path
+
 __all__ = ["Member", "default_ladder", "run_ladder", "summarize", "markdown_table", "plot"]
 
 logger = logging.getLogger("sact_det")
@@ -76,10 +78,8 @@ def _load_state(path: str) -> Dict[str, dict]:
 
 
 def _save_state(path: str, members: List[Member], settings: dict) -> None:
-    temporary = path + ".tmp"
-    with open(temporary, "w") as f:
+    with atomic_path(path) as temporary, open(temporary, "w") as f:
         json.dump({"settings": settings, "members": [dict(asdict(m), name=m.name) for m in members]}, f, indent=1)
-    os.replace(temporary, path)
 
 
 def _final_results(output_dir: str, datasets: Sequence[str]) -> Dict[str, float]:
@@ -224,10 +224,9 @@ def plot(rows: List[dict], path: str, dataset: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    temporary = path + ".tmp.png"
-    fig.savefig(temporary)
+    with atomic_path(path) as temporary:
+        fig.savefig(temporary)
     plt.close(fig)
-    os.replace(temporary, path)
 
 
 def schedule_for(max_iter: int) -> List[str]:
@@ -252,7 +251,7 @@ def run_tradeoff(output_dir: str, seeds: int = 2, quick: bool = False, max_iter:
     offset_of = sact[len(sact) // 2].name  # the middle tau
     members = run_ladder(output_dir, members, schedule_for(max_iter), datasets, offsets, offset_of)
     rows = summarize(members, datasets[0])
-    with open(os.path.join(output_dir, "tradeoff.md"), "w") as f:
+    with atomic_path(os.path.join(output_dir, "tradeoff.md")) as temporary, open(temporary, "w") as f:
         f.write(markdown_table(rows, datasets[0]) + "\n")
         for dataset in datasets[1:]:
             f.write("\n" + markdown_table(summarize(members, dataset), dataset) + "\n")

@@ -8,7 +8,10 @@ Usable from Python (notebooks) and by ``tools/visualize_ponder.py``::
     vis.blocks_figure().savefig("blocks.png")
 
 Maps are nearest-neighbour resized from the feature grid (each cell keeps its
-value, as in the official code) to the original image resolution.
+value, as in the official code) to the image resolution. Images larger than
+``MAX_DISPLAY_SIDE`` pixels are shown (and their maps computed) scaled down to
+it, and figures are at most ``MAX_FIGURE_SIZE`` pixels wide and high, so that
+memory and file sizes stay bounded whatever the input size.
 """
 import csv
 import glob
@@ -18,6 +21,7 @@ import os
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
+import cv2
 import matplotlib
 
 matplotlib.use("Agg")  # servers have no display
@@ -26,38 +30,60 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from detectron2.structures import Instances  # noqa: E402
 from detectron2.utils.visualizer import Visualizer  # noqa: E402
 
 from .data.images import is_image_file, read_image_rgb  # noqa: E402
 from .maps import map_to_image  # noqa: E402
 from .predictor import SACTPredictor  # noqa: E402
 from .report import SACTReport  # noqa: E402
+from .tools_common import atomic_path  # noqa: E402
 
 __all__ = ["PonderVisualization", "colorize", "visualize", "ponder_visualization", "expand_inputs",
            "visualize_files"]
 
 DEFAULT_CMAP = "inferno"
+MAX_DISPLAY_SIDE = 1024  # pixels: longer side of the images and maps drawn
+MAX_FIGURE_SIZE = 1600  # pixels: width and height of a figure (dpi 100)
 logger = logging.getLogger("sact_det")
 
 
 def colorize(value_map: np.ndarray, vmin: float, vmax: float, cmap: str = DEFAULT_CMAP) -> np.ndarray:
-    """``uint8 [H, W, 3]``: values mapped linearly from [vmin, vmax] onto the colour map."""
-    scale = (value_map - vmin) / max(vmax - vmin, 1e-12)
-    rgba = plt.get_cmap(cmap)(np.clip(scale, 0.0, 1.0))
-    return (rgba[..., :3] * 255).round().astype(np.uint8)
+    """``uint8 [H, W, 3]``: values mapped linearly from [vmin, vmax] onto the colour map
+    (its own table of ``N`` colours, looked up in uint8: no float RGBA copy of the map)."""
+    colours = plt.get_cmap(cmap)
+    table = (colours(np.arange(colours.N))[:, :3] * 255).round().astype(np.uint8)
+    scale = np.clip((value_map - vmin) / max(vmax - vmin, 1e-12), 0.0, 1.0)
+    return table[np.minimum((scale * colours.N).astype(np.int32), colours.N - 1)]
+
+
+def _figsize(panels: int, height: int, width: int, extra_width: float, extra_height: float = 0.8):
+    """Figure size in inches (dpi 100) for ``panels`` images of ``height`` x
+    ``width`` pixels side by side plus ``extra_*`` inches of colour bars and
+    titles, scaled down to at most ``MAX_FIGURE_SIZE`` pixels each way."""
+    limit = MAX_FIGURE_SIZE / 100
+    scale = min(1.0, (limit - extra_width) / (panels * width / 100), (limit - extra_height) / (height / 100))
+    return panels * width * scale / 100 + extra_width, height * scale / 100 + extra_height
 
 
 @dataclass
 class PonderVisualization:
-    """One image's detections and ponder cost maps, at the image's resolution."""
+    """One image's detections and ponder cost maps, at the display resolution:
+    the image's own, or scaled down to ``MAX_DISPLAY_SIDE`` (see :func:`visualize`)."""
 
     image: np.ndarray  # uint8 RGB [H, W, 3]
-    instances: object  # detectron2 Instances, boxes in image coordinates
+    instances: object  # detectron2 Instances, boxes in display coordinates
     sact: SACTReport  # the model's per-image SACT report (FLOPs, ponder cost, units)
     ponder_map: np.ndarray  # float32 [H, W], total ponder cost (sum over blocks)
     block_maps: Dict[str, np.ndarray]  # float32 [H, W] per block
     metadata: object = None
+    original_size: Optional[Tuple[int, int]] = None  # (height, width) of the input image; None: as displayed
     label_units: bool = False  # label detections with their proposal's box-head units (ACT head)
+
+    @property
+    def size(self) -> Tuple[int, int]:
+        """(height, width) of the input image."""
+        return self.original_size or tuple(self.image.shape[:2])
 
     def value_range(self, value_range: Optional[Tuple[float, float]] = None) -> Tuple[float, float]:
         if value_range is not None:
@@ -67,8 +93,7 @@ class PonderVisualization:
     def overlay(self, value_range=None, alpha: float = 0.6, cmap: str = DEFAULT_CMAP) -> np.ndarray:
         """``uint8 [H, W, 3]``: the heat map blended over the image."""
         vmin, vmax = self.value_range(value_range)
-        heat = colorize(self.ponder_map, vmin, vmax, cmap).astype(np.float32)
-        return (alpha * heat + (1 - alpha) * self.image.astype(np.float32)).round().astype(np.uint8)
+        return cv2.addWeighted(colorize(self.ponder_map, vmin, vmax, cmap), alpha, self.image, 1 - alpha, 0)
 
     def detections(self, score_threshold: float = 0.5) -> np.ndarray:
         """``uint8 [H, W, 3]``: the image with the detections above the threshold;
@@ -88,7 +113,7 @@ class PonderVisualization:
         a colour bar and the map's min/max. ``value_range`` fixes the colour scale."""
         height, width = self.image.shape[:2]
         vmin, vmax = self.value_range(value_range)
-        fig, (left, right) = plt.subplots(1, 2, figsize=(2 * width / 100 + 1.5, height / 100 + 0.8), dpi=100)
+        fig, (left, right) = plt.subplots(1, 2, figsize=_figsize(2, height, width, 1.5), dpi=100)
         left.imshow(self.detections(score_threshold))
         count = int((self.instances.scores >= score_threshold).sum())
         left.set_title(f"{count} detections (score >= {score_threshold:g})", fontsize=9)
@@ -108,7 +133,7 @@ class PonderVisualization:
         (or one fixed ``value_range`` for all)."""
         height, width = self.image.shape[:2]
         names = list(self.block_maps)
-        fig, axes = plt.subplots(1, len(names), figsize=(len(names) * (width / 100 + 0.9), height / 100 + 0.8),
+        fig, axes = plt.subplots(1, len(names), figsize=_figsize(len(names), height, width, 0.9 * len(names)),
                                  dpi=100, squeeze=False)
         for ax, name in zip(axes[0], names):
             block = self.block_maps[name]
@@ -121,32 +146,51 @@ class PonderVisualization:
         return fig
 
 
-def visualize(predictor: SACTPredictor, image) -> PonderVisualization:
-    """Runs the model on an image and returns its maps. ``image``: a path (read
-    as RGB, see :func:`~sact_det.data.images.read_image_rgb`) or, as the
-    predictor takes it, a BGR ``uint8 [H, W, 3]`` array (``cv2.imread``)."""
+def visualize(predictor: SACTPredictor, image, max_side: Optional[int] = MAX_DISPLAY_SIDE) -> PonderVisualization:
+    """Runs the model on an image and returns its maps, at the image's
+    resolution, or scaled down so that its longer side is at most ``max_side``
+    pixels (None: never). ``image``: a path (read as RGB, see
+    :func:`~sact_det.data.images.read_image_rgb`) or, as the predictor takes
+    it, a BGR ``uint8 [H, W, 3]`` array (``cv2.imread``)."""
     if isinstance(image, str):
         image_bgr = read_image_rgb(image)[:, :, ::-1]
     else:
         image_bgr = np.asarray(image)
     output = predictor.ponder_output(image_bgr)
     return ponder_visualization(np.ascontiguousarray(image_bgr[:, :, ::-1]), output,
-                                predictor.model.backbone.stage_strides, predictor.metadata)
+                                predictor.model.backbone.stage_strides, predictor.metadata, max_side)
+
+
+def _scaled_instances(instances, size: Tuple[int, int], original: Tuple[int, int]):
+    """Detections on an image of ``original`` size, moved onto the same image at ``size``."""
+    scaled = Instances(size, **instances.get_fields())
+    if scaled.has("pred_boxes"):
+        scaled.pred_boxes = scaled.pred_boxes.clone()
+        scaled.pred_boxes.scale(size[1] / original[1], size[0] / original[0])
+    return scaled
 
 
 def ponder_visualization(image_rgb: np.ndarray, output: dict, strides: Dict[str, int],
-                         metadata=None) -> PonderVisualization:
+                         metadata=None, max_side: Optional[int] = None) -> PonderVisualization:
     """A model output (``instances`` and ``sact``) on ``image_rgb`` as maps at
-    the image's resolution; ``strides``: each block's stride (the backbone's
-    ``stage_strides``)."""
+    the image's resolution, or scaled down so that its longer side is at most
+    ``max_side`` pixels (None: never); ``strides``: each block's stride (the
+    backbone's ``stage_strides``)."""
     report = output["sact"]
-    size = tuple(image_rgb.shape[:2])
+    original = tuple(image_rgb.shape[:2])
+    instances = output["instances"].to("cpu")
+    scale = min(1.0, max_side / max(original)) if max_side else 1.0
+    size = original
+    if scale < 1:  # drawn smaller: the maps, the figures and the overlay stay bounded
+        size = (max(1, round(original[0] * scale)), max(1, round(original[1] * scale)))
+        image_rgb = cv2.resize(image_rgb, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+        instances = _scaled_instances(instances, size, original)
     block_maps = {name: map_to_image(m, report.image_size, size, strides[name])
                   for name, m in report.ponder_maps.items()}
     return PonderVisualization(
-        image=image_rgb, instances=output["instances"].to("cpu"), sact=report,
+        image=image_rgb, instances=instances, sact=report,
         ponder_map=map_to_image(report.ponder_map, report.image_size, size, report.ponder_map_stride),
-        block_maps=block_maps, metadata=metadata)
+        block_maps=block_maps, metadata=metadata, original_size=original)
 
 
 def expand_inputs(inputs) -> Tuple[list, list]:
@@ -172,7 +216,7 @@ def _record(path: str, vis: Optional[PonderVisualization], score_threshold: floa
     record = {"file": path, "status": "error" if error else "ok", "error": error}
     if vis is not None:
         report = vis.sact
-        record.update(height=vis.image.shape[0], width=vis.image.shape[1],
+        record.update(height=vis.size[0], width=vis.size[1],
                       num_detections=int((vis.instances.scores >= score_threshold).sum()),
                       ponder_cost=report.ponder_cost, flops=report.flops, flops_pct=report.flops_pct)
         record.update({f"ponder_cost_{k}": v for k, v in report.ponder_cost_per_block.items()})
@@ -187,8 +231,9 @@ def visualize_files(predictor: SACTPredictor, inputs, output_dir: str, score_thr
                     value_range=None, progress: bool = True, label_units: bool = False):
     """Writes, for each input image, ``<name>_ponder.png`` (detections beside the
     ponder heat map), ``<name>_blocks.png`` (per-block maps) and
-    ``<name>_overlay.png`` (heat map over the image, original resolution), plus
-    ``ponder_summary.csv`` / ``.json`` with one row per image.
+    ``<name>_overlay.png`` (heat map over the image, at the image's resolution
+    up to ``MAX_DISPLAY_SIDE``), plus ``ponder_summary.csv`` / ``.json`` with
+    one row per image. Every file is written whole or not at all.
 
     An image that cannot be read is reported (logged, and a row with status
     "error") and skipped. Returns (records, failures).
@@ -216,15 +261,18 @@ def visualize_files(predictor: SACTPredictor, inputs, output_dir: str, score_thr
         used_names.add(name)
         for suffix, fig in (("ponder", vis.figure(score_threshold, value_range)),
                             ("blocks", vis.blocks_figure(value_range))):
-            fig.savefig(os.path.join(output_dir, f"{name}_{suffix}.png"))
+            with atomic_path(os.path.join(output_dir, f"{name}_{suffix}.png")) as temporary:
+                fig.savefig(temporary)
             plt.close(fig)
-        Image.fromarray(vis.overlay(value_range)).save(os.path.join(output_dir, f"{name}_overlay.png"))
+        with atomic_path(os.path.join(output_dir, f"{name}_overlay.png")) as temporary:
+            Image.fromarray(vis.overlay(value_range)).save(temporary)
         records.append(_record(path, vis, score_threshold))
     columns = list(dict.fromkeys(k for r in records for k in r))
-    with open(os.path.join(output_dir, "ponder_summary.csv"), "w", newline="") as f:
+    with atomic_path(os.path.join(output_dir, "ponder_summary.csv")) as temporary, \
+            open(temporary, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(records)
-    with open(os.path.join(output_dir, "ponder_summary.json"), "w") as f:
+    with atomic_path(os.path.join(output_dir, "ponder_summary.json")) as temporary, open(temporary, "w") as f:
         json.dump(records, f, indent=1)
     return records, failures

@@ -1,5 +1,7 @@
-"""Shared fixtures: configs of the tiny CPU models and a small synthetic dataset on disk."""
+"""Shared fixtures: configs of the tiny CPU models, a small synthetic dataset on
+disk, the sact_det log, and the tools as modules."""
 import importlib.util
+import logging
 import os
 
 import pytest
@@ -53,3 +55,18 @@ def load_tool(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture
+def sact_log(caplog):
+    """``caplog`` recording the sact_det logger at INFO and above, whether or not
+    Detectron2's ``setup_logger`` has stopped it from propagating to the root."""
+    logger = logging.getLogger("sact_det")
+    propagate, level = logger.propagate, logger.level
+    logger.propagate = False  # recorded once, by the handler below
+    logger.setLevel(logging.INFO)
+    logger.addHandler(caplog.handler)
+    yield caplog
+    logger.removeHandler(caplog.handler)
+    logger.propagate = propagate
+    logger.setLevel(level)

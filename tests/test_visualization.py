@@ -2,6 +2,7 @@
 import csv
 import os
 import sys
+import tracemalloc
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -17,7 +18,7 @@ from sact_det.maps import map_to_image
 from sact_det.data.images import read_image_rgb
 from sact_det.predictor import SACTPredictor
 from sact_det.report import SACTReport
-from sact_det.visualization import PonderVisualization, colorize, visualize
+from sact_det.visualization import PonderVisualization, colorize, visualize, visualize_files
 
 from conftest import REPO, tiny_cfg
 
@@ -168,3 +169,27 @@ def test_detections_can_be_labelled_with_their_head_units(monkeypatch):
     labelled = vis.detections()
     assert drawn[-1] == ["disc 90% | 1 units", "star 80% | 3 units"]
     assert plain.shape == labelled.shape and not np.array_equal(plain, labelled)
+
+
+def test_large_image_gives_bounded_figures_and_memory(predictor, tmp_path):
+    """A 3200x2400 image: figures at most 1600 pixels wide, small files, and the
+    arrays allocated on the way bounded (they used to grow with the image: GBs)."""
+    ramp = np.linspace(0, 255, 3200, dtype=np.float32)
+    image = np.dstack([np.tile(ramp, (2400, 1)), np.tile(ramp[::-1], (2400, 1)),
+                       np.full((2400, 3200), 90, np.float32)]).astype(np.uint8)
+    Image.fromarray(image).save(tmp_path / "big.png")
+    tracemalloc.start()
+    try:
+        records, failures = visualize_files(predictor, [str(tmp_path / "big.png")], str(tmp_path / "out"),
+                                            progress=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert not failures and (records[0]["height"], records[0]["width"]) == (2400, 3200)
+    for suffix in ("ponder", "blocks", "overlay"):
+        path = tmp_path / "out" / f"big_{suffix}.png"
+        width, height = Image.open(path).size
+        assert width <= 1600 and height <= 1600, (suffix, width, height)
+        assert os.path.getsize(path) < 4e6, suffix
+    assert peak < 200e6, f"{peak / 1e6:.0f} MB"
+    plt.close("all")

@@ -21,68 +21,82 @@ from datetime import date
 import torch
 
 from sact_det.benchmark import machine_description, markdown_table, profile_point, rows_as_dicts, run_benchmark
-from sact_det.config import get_sact_cfg
+from sact_det.tools_common import (ToolParser, atomic_path, existing_file, image_size, load_config,
+                                   non_negative_int, output_file, positive_float, positive_int, run_tool)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", default=os.path.join(ROOT, "configs", "sact_faster_rcnn.yaml"))
+def flops_point(text: str):
+    """``type=`` for a ``--points`` value: a positive percentage, or 'trained' (None)."""
+    if text == "trained":
+        return None
+    try:
+        return positive_float(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a positive number (% of dense FLOPs) or 'trained', "
+                                         f"got {text!r}") from None
+
+
+def build_parser():
+    parser = ToolParser(__doc__)
+    parser.add_argument("--config-file", type=existing_file, metavar="FILE",
+                        default=os.path.join(ROOT, "configs", "sact_faster_rcnn.yaml"))
     parser.add_argument("--weights", default="", help="trained weights (default: random, seeded)")
-    parser.add_argument("--sizes", nargs="+", default=["600x800"], help="HxW of the input image")
-    parser.add_argument("--points", nargs="+", default=["100", "75", "56", "40", "25"],
-                        help="FLOPs in %% of dense to calibrate the halting biases to, or 'trained'")
+    parser.add_argument("--sizes", nargs="+", type=image_size, default=[(600, 800)], help="HxW of the input image")
+    parser.add_argument("--points", nargs="+", type=flops_point, default=[100.0, 75.0, 56.0, 40.0, 25.0],
+                        help="FLOPs in %% of dense to calibrate the halting biases to, or 'trained' "
+                             "(the halting of the loaded weights)")
     parser.add_argument("--executions", nargs="+", default=["dense", "perforated", "tiled"],
                         choices=["dense", "perforated", "tiled"])
-    parser.add_argument("--tile-size", type=int, default=8)
+    parser.add_argument("--tile-size", type=positive_int, default=8)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's)")
+    parser.add_argument("--threads", type=non_negative_int, default=0, help="CPU threads (default: torch's)")
     parser.add_argument("--half", action="store_true", help="float16 on CUDA")
     parser.add_argument("--bf16", action="store_true", help="bfloat16")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=non_negative_int, default=2)
+    parser.add_argument("--repeats", type=positive_int, default=5)
     parser.add_argument("--detector", action="store_true",
                         help="also time the whole detector (Detectron2's Faster R-CNN R-C4 vs SACT)")
-    parser.add_argument("--head-points", nargs="+", type=float, metavar="PCT",
+    parser.add_argument("--head-points", nargs="+", type=positive_float, metavar="PCT",
                         help="with --detector: the ACT box head's FLOPs in %% of its dense FLOPs, paired with "
                              "--points (sets MODEL.SACT.HEAD_TYPE act)")
-    parser.add_argument("--profile", type=float, metavar="PCT",
+    parser.add_argument("--profile", type=positive_float, metavar="PCT",
                         help="instead of the table: per-block latency and profiler table at PCT %% FLOPs "
                              "(float32, first size, first execution other than dense)")
-    parser.add_argument("--json", help="write the rows to this file")
+    parser.add_argument("--json", type=output_file(), help="write the rows to this file")
     parser.add_argument("--markdown", action="store_true", help="print a markdown table at the end")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides")
-    return parser.parse_args(argv)
+    return parser
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    head = ["MODEL.SACT.HEAD_TYPE", "act"] if args.head_points else []
+    cfg = load_config(args.config_file, ["MODEL.DEVICE", args.device, "MODEL.WEIGHTS", args.weights, *head,
+                                         *args.opts], parser)
     if args.threads:
         torch.set_num_threads(args.threads)
-    head = ["MODEL.SACT.HEAD_TYPE", "act"] if args.head_points else []
-    cfg = get_sact_cfg(args.config_file, ["MODEL.DEVICE", args.device, "MODEL.WEIGHTS", args.weights, *head,
-                                          *args.opts])
-    sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes]
-    points = [None] if args.points == ["trained"] else [float(p) for p in args.points]
     dtype = torch.float16 if args.half else torch.bfloat16 if args.bf16 else torch.float32
-    print(f"# {date.today()} | torch {torch.__version__} | {machine_description(torch.device(args.device))} | "
-          f"{dtype} | config {os.path.relpath(args.config_file, ROOT)}")
-    if args.profile is not None:
-        execution = next((e for e in args.executions if e != "dense"), "dense")
-        print(profile_point(cfg, *sizes[0], args.profile, execution))
-        return
-    try:
-        rows = run_benchmark(cfg, sizes, points, args.executions, args.tile_size, args.warmup, args.repeats,
-                             dtype=dtype, detector=args.detector, head_points=args.head_points)
-    except ValueError as e:  # a combination of options that cannot run: say which
-        sys.exit(f"error: {e}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "rows": rows_as_dicts(rows)}, f, indent=1)
-    if args.markdown:
-        print(markdown_table(rows))
+
+    def benchmark():
+        print(f"# {date.today()} | torch {torch.__version__} | {machine_description(torch.device(args.device))} | "
+              f"{dtype} | config {os.path.relpath(args.config_file, ROOT)}")
+        if args.profile is not None:
+            execution = next((e for e in args.executions if e != "dense"), "dense")
+            print(profile_point(cfg, *args.sizes[0], args.profile, execution))
+            return
+        # A combination of options that cannot run is a ValueError saying which.
+        rows = run_benchmark(cfg, args.sizes, args.points, args.executions, args.tile_size, args.warmup,
+                             args.repeats, dtype=dtype, detector=args.detector, head_points=args.head_points)
+        if args.json:
+            with atomic_path(args.json) as temporary, open(temporary, "w") as f:
+                json.dump({"args": vars(args), "rows": rows_as_dicts(rows)}, f, indent=1)
+        if args.markdown:
+            print(markdown_table(rows))
+    return run_tool(benchmark, parser.prog)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -14,61 +14,68 @@ the centre baseline alone. Writes saliency.json, saliency.csv and a few figures
 like the paper's Fig. 11. Images with missing or unusable fixations are listed
 and skipped.
 """
-import argparse
 import csv
 import json
 import os
 import sys
 
-from sact_det.config import fall_back_to_cpu, get_sact_cfg
 from sact_det.predictor import SACTPredictor
-from sact_det.saliency import evaluate_cat2000, saliency_figure
+from sact_det.saliency import evaluate_cat2000, index_cat2000, saliency_figure
+from sact_det.tools_common import (ToolParser, add_config_arguments, atomic_path, load_config, non_negative_float,
+                                   non_negative_int, output_dir, positive_int, run_tool)
 import matplotlib.pyplot as plt
 from detectron2.utils.logger import setup_logger
 from tqdm import tqdm
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", required=True)
+def build_parser():
+    parser = ToolParser(__doc__)
     parser.add_argument("--cat2000", required=True, help="directory with Stimuli/ and FIXATIONLOCS/ or FIXATIONMAPS/")
-    parser.add_argument("--output", required=True)
-    parser.add_argument("--size", type=int, nargs=2, default=[640, 360], metavar=("WIDTH", "HEIGHT"))
-    parser.add_argument("--sigmas", type=float, nargs="+", default=[0, 2, 5, 10, 15, 20],
+    parser.add_argument("--output", required=True, type=output_dir, metavar="DIR")
+    parser.add_argument("--size", type=positive_int, nargs=2, default=[640, 360], metavar=("WIDTH", "HEIGHT"))
+    parser.add_argument("--sigmas", type=non_negative_float, nargs="+", default=[0, 2, 5, 10, 15, 20],
                         help="blur stds searched, in pixels at --size")
-    parser.add_argument("--gammas", type=float, nargs="+", default=[0, 0.005, 0.05, 0.2, 0.5, 1.0],
+    parser.add_argument("--gammas", type=non_negative_float, nargs="+", default=[0, 0.005, 0.05, 0.2, 0.5, 1.0],
                         help="centre-baseline weights searched")
-    parser.add_argument("--figures", type=int, default=4, help="number of Fig. 11-style figures")
-    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides")
-    return parser.parse_args(argv)
+    parser.add_argument("--figures", type=non_negative_int, default=4, help="number of Fig. 11-style figures")
+    add_config_arguments(parser)
+    return parser
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        index_cat2000(args.cat2000)
+    except FileNotFoundError as e:
+        parser.error(f"argument --cat2000: {e}")
+    cfg = load_config(args.config_file, args.opts, parser)
     setup_logger(name="sact_det")
-    cfg = get_sact_cfg(args.config_file, args.opts)
-    fall_back_to_cpu(cfg)
+    return run_tool(lambda: evaluate(cfg, args), parser.prog)
+
+
+def evaluate(cfg, args) -> int:
     predictor = SACTPredictor(cfg)
 
     def ponder(rgb):  # the predictor takes BGR, as Detectron2's DefaultPredictor does
         return predictor.ponder_output(rgb[:, :, ::-1], resize=False)["sact"].ponder_map.numpy()
 
-    result = evaluate_cat2000(ponder, args.cat2000, tuple(args.size), args.sigmas, args.gammas,
-                              progress=tqdm)
+    result = evaluate_cat2000(ponder, args.cat2000, tuple(args.size), args.sigmas, args.gammas, progress=tqdm)
     os.makedirs(args.output, exist_ok=True)
     report = {"sigma": result.sigma, "gamma": result.gamma, "tuning_auc_judd": result.tuning_auc,
               "overall": result.overall, "categories": result.categories,
               "skipped": [{"stimulus": s, "reason": r} for s, r in result.skipped], "images": result.images}
-    with open(os.path.join(args.output, "saliency.json"), "w") as f:
+    with atomic_path(os.path.join(args.output, "saliency.json")) as temporary, open(temporary, "w") as f:
         json.dump(report, f, indent=1)
-    with open(os.path.join(args.output, "saliency.csv"), "w", newline="") as f:
+    with atomic_path(os.path.join(args.output, "saliency.csv")) as temporary, open(temporary, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["category", "stimulus", "fixations", "auc_judd", "center_auc_judd"])
         writer.writeheader()
         writer.writerows(result.images)
     for index, image in enumerate(result.images[: args.figures]):
         fig = saliency_figure(image["stimulus"], image["fixations"], ponder, tuple(args.size),
                               result.sigma, result.gamma)
-        fig.savefig(os.path.join(args.output, f"fig11_{index:02d}.png"))
+        with atomic_path(os.path.join(args.output, f"fig11_{index:02d}.png")) as temporary:
+            fig.savefig(temporary)
         plt.close(fig)
     print(f"s = {result.sigma:g}, gamma = {result.gamma:g} (tuning AUC-Judd {result.tuning_auc:.4f})")
     print(f"{'category':<20} {'images':>6} {'SACT':>8} {'centre':>8}")

@@ -16,7 +16,7 @@ def main(argv=None) -> int:
     parser = ToolParser(__doc__)
     parser.add_argument("runs", nargs="+", metavar="OUTPUT_DIR",
                         help="training output directory (with metrics.json), or a metrics.json file")
-    parser.add_argument("--output", required=True, type=output_file(".png"), help="PNG to write")
+    parser.add_argument("--output", required=True, type=output_file(".png", create_parent=True), help="PNG to write")
     parser.add_argument("--labels", nargs="+", help="legend label per run (default: directory names)")
     args = parser.parse_args(argv)
 

@@ -5,7 +5,7 @@
     python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS model_final.pth
     python tools/train_net.py --config-file CFG --resume          # continue in OUTPUT_DIR
 """
-from sact_det.engine import argument_parser, launch_main
+from sact_det.engine import command_line
 
 if __name__ == "__main__":
-    launch_main(argument_parser().parse_args())
+    command_line()  # exits with the run's status

@@ -14,51 +14,52 @@ Video: writes <name>_ponder.mp4 (every frame with its detections over the
 ponder heat map, one colour scale for the whole video) and <name>_ponder.csv
 (per frame: FLOPs, % of dense, ponder cost, detections).
 """
-import argparse
 import sys
 
-from sact_det.config import fall_back_to_cpu, get_sact_cfg
 from sact_det.predictor import SACTPredictor
-from sact_det.tools_common import existing_file, run_tool
+from sact_det.tools_common import (ToolParser, add_config_arguments, check_range, existing_file, load_config,
+                                   output_dir, probability, run_tool)
 from sact_det.video import visualize_video
 from sact_det.visualization import visualize_files
 from detectron2.utils.logger import setup_logger
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", required=True, help="model config (YAML)")
+def build_parser():
+    parser = ToolParser(__doc__)
     inputs = parser.add_mutually_exclusive_group(required=True)
     inputs.add_argument("--input", nargs="+", help="image files, directories or glob patterns")
     inputs.add_argument("--video-input", type=existing_file, metavar="FILE", help="a video file")
-    parser.add_argument("--output", required=True, help="output directory")
-    parser.add_argument("--score-threshold", type=float, default=0.5, help="minimum score of drawn detections")
+    parser.add_argument("--output", required=True, type=output_dir, metavar="DIR", help="output directory")
+    parser.add_argument("--score-threshold", type=probability, default=0.5, help="minimum score of drawn detections")
     parser.add_argument("--ponder-range", type=float, nargs=2, metavar=("MIN", "MAX"),
                         help="fixed colour scale for all images (default: each map's own min/max)")
     parser.add_argument("--label-units", action="store_true",
                         help="label each detection with the units its proposal ran in an ACT box head")
-    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides: KEY VALUE ...")
-    return parser.parse_args(argv)
+    add_config_arguments(parser)
+    return parser
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_range(parser, "--ponder-range", args.ponder_range)
+    cfg = load_config(args.config_file, args.opts, parser)
     setup_logger(name="sact_det")
     setup_logger(name="fvcore")
-    cfg = get_sact_cfg(args.config_file, args.opts)
-    fall_back_to_cpu(cfg)
-    if args.video_input:
-        def video():
-            path, table, frames = visualize_video(SACTPredictor(cfg), args.video_input, args.output,
-                                                  args.score_threshold, args.ponder_range)
-            print(f"{frames} frames written to {path}; per-frame FLOPs and ponder cost in {table}")
-        return run_tool(video)
-    records, failures = visualize_files(SACTPredictor(cfg), args.input, args.output,
-                                        args.score_threshold, args.ponder_range, label_units=args.label_units)
-    print(f"{len(records) - len(failures)} image(s) written to {args.output}; {len(failures)} failed")
-    for path, reason in failures:
-        print(f"  FAILED {path}: {reason}", file=sys.stderr)
-    return 1 if failures else 0
+
+    def video():
+        path, table, frames = visualize_video(SACTPredictor(cfg), args.video_input, args.output,
+                                              args.score_threshold, args.ponder_range)
+        print(f"{frames} frames written to {path}; per-frame FLOPs and ponder cost in {table}")
+
+    def images():
+        records, failures = visualize_files(SACTPredictor(cfg), args.input, args.output, args.score_threshold,
+                                            args.ponder_range, label_units=args.label_units)
+        print(f"{len(records) - len(failures)} image(s) written to {args.output}; {len(failures)} failed")
+        for path, reason in failures:
+            print(f"  FAILED {path}: {reason}", file=sys.stderr)
+        return 1 if failures else 0
+    return run_tool(video if args.video_input else images, parser.prog)
 
 
 if __name__ == "__main__":

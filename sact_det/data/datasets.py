@@ -1,6 +1,7 @@
-"""Dataset registration: the built-in synthetic COCO-format dataset, the
-COCO-format datasets named in ``DATASETS.COCO_JSON``, and checks that
-registered COCO-format datasets exist before a run starts."""
+"""Dataset registration: the built-in synthetic COCO-format dataset (found
+where the README says, generated on first use, saying where), the COCO-format
+datasets named in ``DATASETS.COCO_JSON``, and checks that registered
+COCO-format datasets exist before a run starts."""
 import json
 import logging
 import os
@@ -10,9 +11,10 @@ from typing import Iterable, List
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 
+from ..tools_common import InputFileNotFoundError, InputKeyError
 from .synthetic import CATEGORIES, DATASET_VERSION, dataset_version, generate_dataset, split_paths
 
-__all__ = ["SYNTHETIC_SPLITS", "default_synthetic_root", "register_synthetic",
+__all__ = ["SYNTHETIC_SPLITS", "datasets_root", "default_synthetic_root", "register_synthetic",
            "ensure_synthetic", "check_datasets_exist", "coco_category_names", "register_config_datasets"]
 
 logger = logging.getLogger("sact_det")
@@ -22,11 +24,27 @@ SYNTHETIC_SPLITS = {"synthetic_train": "train", "synthetic_val": "val", "synthet
 # Metadata mark of the datasets registered from DATASETS.COCO_JSON.
 CONFIG_SOURCE = "DATASETS.COCO_JSON"
 
+_REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The repository's datasets/, when sact-det runs from its source tree.
+REPOSITORY_DATASETS = (os.path.join(_REPOSITORY, "datasets")
+                       if os.path.isfile(os.path.join(_REPOSITORY, "setup.py")) else None)
+
+
+def datasets_root() -> str:
+    """Where the synthetic dataset lives: ``$DETECTRON2_DATASETS`` when set, else
+    ``./datasets`` (Detectron2's default) when it exists, else the repository's
+    ``datasets/`` (a command run from another directory), else ``./datasets``."""
+    root = os.getenv("DETECTRON2_DATASETS")
+    if root:
+        return root
+    if os.path.isdir("datasets") or REPOSITORY_DATASETS is None or not os.path.isdir(REPOSITORY_DATASETS):
+        return "datasets"
+    return REPOSITORY_DATASETS
+
 
 def default_synthetic_root() -> str:
-    """``$DETECTRON2_DATASETS/synthetic_coco`` (``datasets/synthetic_coco`` by default),
-    beside Detectron2's ``coco/``."""
-    return os.path.join(os.getenv("DETECTRON2_DATASETS", "datasets"), "synthetic_coco")
+    """``<datasets_root()>/synthetic_coco``, beside Detectron2's ``coco/``."""
+    return os.path.join(datasets_root(), "synthetic_coco")
 
 
 def register_synthetic(root: str = None) -> None:
@@ -46,12 +64,16 @@ def register_synthetic(root: str = None) -> None:
 
 def ensure_synthetic(root: str = None, **generate_kwargs) -> str:
     """Generates the synthetic dataset at ``root`` unless every split exists at
-    the generator's current version (an older copy is regenerated, with a
-    message), registers it, and returns the root."""
+    the generator's current version (saying where; an older copy is regenerated,
+    with a message), registers it, and returns the root."""
+    if root is None and datasets_root() == REPOSITORY_DATASETS:
+        logger.warning(f"no ./datasets in {os.getcwd()}: using the repository's {REPOSITORY_DATASETS} "
+                       "(set DETECTRON2_DATASETS to choose)")
     root = root or default_synthetic_root()
     jsons = [split_paths(root, s)[0] for s in SYNTHETIC_SPLITS.values()]
     if not all(os.path.isfile(j) for j in jsons):
-        logger.info(f"generating the synthetic dataset (version {DATASET_VERSION}) under {root}")
+        logger.warning(f"synthetic dataset not found in {os.path.abspath(root)}: generating it there "
+                       f"(version {DATASET_VERSION})")
         generate_dataset(root, **generate_kwargs)
     elif any(dataset_version(j) != DATASET_VERSION for j in jsons):
         found = sorted({dataset_version(j) for j in jsons})
@@ -137,9 +159,9 @@ def check_datasets_exist(names: Iterable[str]) -> None:
     directory, and where to get it, for COCO-format datasets."""
     for name in names:
         if name not in DatasetCatalog.list():
-            raise KeyError(f"dataset {name!r} is not registered (a COCO-format dataset of your own goes "
-                           "in DATASETS.COCO_JSON); registered datasets include "
-                           f"{sorted(n for n in DatasetCatalog.list() if 'coco' in n or 'synthetic' in n)}")
+            raise InputKeyError(f"dataset {name!r} is not registered (a COCO-format dataset of your own goes "
+                                "in DATASETS.COCO_JSON); registered datasets include "
+                                f"{sorted(n for n in DatasetCatalog.list() if 'coco' in n or 'synthetic' in n)}")
         meta = MetadataCatalog.get(name)
         if name in SYNTHETIC_SPLITS:
             hint = ("generate it with `python tools/make_synthetic_coco.py` "
@@ -151,7 +173,7 @@ def check_datasets_exist(names: Iterable[str]) -> None:
         for attr in ("json_file", "image_root"):
             path = getattr(meta, attr, None)
             if path is not None and not os.path.exists(path):
-                raise FileNotFoundError(f"dataset {name!r}: {attr} {path!r} does not exist; {hint}")
+                raise InputFileNotFoundError(f"dataset {name!r}: {attr} {path!r} does not exist; {hint}")
 
 
 register_synthetic()

@@ -33,6 +33,8 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from ..tools_common import atomic_path
+
 __all__ = ["DATASET_VERSION", "CATEGORIES", "OBJECT_STYLES", "BACKGROUND_STYLES", "render_image",
            "generate_split", "generate_dataset", "split_paths", "dataset_version"]
 
@@ -328,10 +330,9 @@ def generate_split(root: str, split: str, num_images: int, seed: int,
         "annotations": annotations,
         "categories": CATEGORIES,
     }
-    temporary = json_path + ".tmp"
-    with open(temporary, "w") as f:
+    # A complete json or none: the version check trusts it.
+    with atomic_path(json_path) as temporary, open(temporary, "w") as f:
         json.dump(coco, f)
-    os.replace(temporary, json_path)  # a complete json or none: the version check trusts it
     return json_path
 
 

@@ -51,6 +51,7 @@ class SparseStageExecutor:
             raise ValueError("tiled execution needs MODEL.SACT.TILE_SIZE >= 2")
         self.stage, self.execution, self.max_active = stage, execution, max_active
         self.units = [FoldedUnit(u) for u in stage.units]
+        self.weights_finite = all(u.finite for u in self.units)  # see FoldedConv.finite
         if stage.halting_type == "sact" and not all(u.sparse for u in self.units[1:]):
             raise ValueError("sparse execution needs stride-1, ungrouped, undilated units after the first")
         self.halting = [FoldedHalting(branch) for branch in stage.halting or []]
@@ -135,6 +136,7 @@ class SparseBackboneExecutor:
         self.execution, self.max_active = execution, max_active
         self._stem = stem
         self.stem_conv = FoldedConv(stem.conv1)
+        self.stem_finite = self.stem_conv.finite  # see FoldedConv.finite
         self._stem_versions = _weight_versions(stem)
         self.stages = [SparseStageExecutor(stage, execution, max_active) for stage in stages]
 

@@ -41,6 +41,9 @@ class FoldedConv:
     def __init__(self, conv: nn.Conv2d):
         weight, self.bias = fold_conv_norm(conv)
         self.weight = weight.contiguous(memory_format=torch.channels_last)
+        # Checked once here: the fused kernels' ReLU turns NaN into 0, so the
+        # outputs alone do not show broken weights (sact_det.adaptive_stage.check_finite).
+        self.finite = bool(torch.isfinite(weight).all() and torch.isfinite(self.bias).all())
         self.stride, self.padding, self.dilation, self.groups = (
             conv.stride, conv.padding, conv.dilation, conv.groups)
 
@@ -65,6 +68,7 @@ class FoldedUnit:
     def __init__(self, unit: nn.Module):
         self.conv1, self.conv2, self.conv3 = (FoldedConv(c) for c in (unit.conv1, unit.conv2, unit.conv3))
         self.shortcut = FoldedConv(unit.shortcut) if unit.shortcut is not None else None
+        self.finite = all(c.finite for c in (self.conv1, self.conv2, self.conv3, self.shortcut) if c is not None)
         self.stride = unit.stride
         self.bottleneck = self.conv2.weight.shape[0]
         self.out_channels = self.conv3.weight.shape[0]
