@@ -7,14 +7,25 @@ overlays for a few validation images.
     python tools/demo.py --output-dir out SOLVER.MAX_ITER 300
 """
 import argparse
+import sys
 
 from sact_det.demo import DEMO_CONFIG, run_demo
+from sact_det.tools_common import ToolParser, existing_file, load_config, non_negative_int, output_dir, run_tool
+
+
+def main(argv=None) -> int:
+    parser = ToolParser(__doc__)
+    parser.add_argument("--output-dir", default="output/demo", type=output_dir, metavar="DIR")
+    parser.add_argument("--config-file", default=DEMO_CONFIG, type=existing_file, metavar="FILE")
+    parser.add_argument("--num-overlays", type=non_negative_int, default=6)
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+    args = parser.parse_args(argv)
+    load_config(args.config_file, args.opts, parser)  # before the dataset and the training
+
+    def demo():
+        run_demo(args.output_dir, args.config_file, args.num_overlays, args.opts)
+    return run_tool(demo, parser.prog)
+
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output-dir", default="output/demo")
-    parser.add_argument("--config-file", default=DEMO_CONFIG)
-    parser.add_argument("--num-overlays", type=int, default=6)
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
-    args = parser.parse_args()
-    run_demo(args.output_dir, args.config_file, args.num_overlays, args.opts)
+    sys.exit(main())

@@ -11,36 +11,37 @@ offsets. Resumes after a kill (finished members are skipped).
 Writes OUTPUT/tradeoff.json, tradeoff.md (table) and tradeoff.png (AP vs FLOPs %).
 """
 import argparse
+import os
 import sys
 
 from sact_det.data import ensure_synthetic
-from sact_det.tradeoff import markdown_table, run_tradeoff
+from sact_det.tools_common import ToolParser, load_config, output_dir, positive_int, run_tool
+from sact_det.tradeoff import ROOT, Member, markdown_table, run_tradeoff
 from detectron2.utils.logger import setup_logger
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", default="output/tradeoff", help="output directory (state, table, plot)")
-    parser.add_argument("--seeds", type=int, default=2, help="seeds per member (default ladder)")
+def main(argv=None) -> int:
+    parser = ToolParser(__doc__)
+    parser.add_argument("--output", default="output/tradeoff", type=output_dir, metavar="DIR",
+                        help="output directory (state, table, plot)")
+    parser.add_argument("--seeds", type=positive_int, default=2, help="seeds per member (default ladder)")
     parser.add_argument("--quick", action="store_true", help="1 seed, fewer members, 150 iterations")
-    parser.add_argument("--max-iter", type=int, help="training iterations per member (default 600, quick 150)")
+    parser.add_argument("--max-iter", type=positive_int,
+                        help="training iterations per member (default 600, quick 150)")
     parser.add_argument("--offsets", type=float, nargs="*", default=[-2.0, -1.0, 1.0, 2.0, 3.0],
                         help="test-time halting offsets evaluated on one SACT model (0 is the model itself)")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides for every member")
     args = parser.parse_args(argv)
-    if args.seeds < 1 or (args.max_iter is not None and args.max_iter < 1):
-        parser.error("--seeds and --max-iter must be >= 1")
-    return args
+    if args.opts:  # the same overrides for every member: checked once, before hours of training
+        load_config(os.path.join(ROOT, Member.config), args.opts, parser)
 
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    setup_logger(name="sact_det")
-    ensure_synthetic()
-    rows = run_tradeoff(args.output, args.seeds, args.quick, args.max_iter, args.offsets, args.opts)
-    print(markdown_table(rows, "synthetic_val"))
-    print(f"\nwritten: {args.output}/tradeoff.json, tradeoff.md, tradeoff.png")
-    return 0
+    def tradeoff():
+        setup_logger(name="sact_det")
+        ensure_synthetic()
+        rows = run_tradeoff(args.output, args.seeds, args.quick, args.max_iter, args.offsets, args.opts)
+        print(markdown_table(rows, "synthetic_val"))
+        print(f"\nwritten: {args.output}/tradeoff.json, tradeoff.md, tradeoff.png")
+    return run_tool(tradeoff, parser.prog)
 
 
 if __name__ == "__main__":

@@ -14,14 +14,15 @@ import sys
 from detectron2.utils.logger import setup_logger
 
 from sact_det.browse import SOURCES, browse_dataset
-from sact_det.tools_common import ToolParser, add_config_arguments, load_config, positive_int, run_tool
+from sact_det.tools_common import (ToolParser, add_config_arguments, load_config, output_dir, positive_int,
+                                   run_tool)
 
 
 def main(argv=None) -> int:
     parser = ToolParser(__doc__)
     parser.add_argument("--source", required=True, choices=SOURCES,
                         help="annotation: the images as stored; dataloader: after augmentation")
-    parser.add_argument("--output", required=True, metavar="DIR", help="output directory")
+    parser.add_argument("--output", required=True, type=output_dir, metavar="DIR", help="output directory")
     parser.add_argument("--num", type=positive_int, default=20, help="number of images (default 20)")
     add_config_arguments(parser)
     args = parser.parse_args(argv)

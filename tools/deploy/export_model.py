@@ -17,12 +17,13 @@ import sys
 from detectron2.utils.logger import setup_logger
 
 from sact_det.export import FORMATS, export_model
-from sact_det.tools_common import ToolParser, add_config_arguments, existing_file, load_config, run_tool
+from sact_det.tools_common import (ToolParser, add_config_arguments, existing_file, load_config, output_dir,
+                                   run_tool)
 
 
 def main(argv=None) -> int:
     parser = ToolParser(__doc__)
-    parser.add_argument("--output", required=True, metavar="DIR", help="output directory")
+    parser.add_argument("--output", required=True, type=output_dir, metavar="DIR", help="output directory")
     parser.add_argument("--format", choices=FORMATS, default="torchscript")
     parser.add_argument("--sample-image", type=existing_file, metavar="FILE",
                         help="image to trace with (default: the first image of DATASETS.TEST)")
