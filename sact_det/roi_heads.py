@@ -31,7 +31,7 @@ from detectron2.modeling.backbone.resnet import BottleneckBlock, ResNet
 from detectron2.modeling.roi_heads import Res5ROIHeads
 from detectron2.utils.events import get_event_storage
 
-from .adaptive_stage import AdaptiveStage
+from .adaptive_stage import AdaptiveStage, check_finite
 from .flops import box_head_flops
 from .halting import set_test_halting_offset
 from .sparse.head import GatheredHeadExecutor
@@ -134,11 +134,18 @@ class Block4ROIHeads(Res5ROIHeads):
     def run_res5(self, pooled: torch.Tensor):
         """Inference of res5 on ``[R, C, h, w]`` pooled proposal features: the box
         predictor's input ``[R, C]`` (the spatial mean of the block output) and
-        the units each proposal ran ``[R]``."""
+        the units each proposal ran ``[R]``. Non-finite features or halting
+        scores are an error naming the block (:func:`~sact_det.adaptive_stage.check_finite`)."""
         if self.execution == "dense":  # masked, as trained
             out = self.res5(pooled)
-            return out.features.mean(dim=(2, 3)), out.num_units_map[:, 0, 0]
-        return self._gathered_executor()(pooled)
+            features, units = out.features.mean(dim=(2, 3)), out.num_units_map[:, 0, 0]
+            scores_finite, weights_finite = out.scores_finite, True
+        else:
+            executor = self._gathered_executor()
+            features, units, scores_finite = executor(pooled)
+            weights_finite = executor.weights_finite
+        check_finite("block res5 of the box head", features, scores_finite, weights_finite)
+        return features, units
 
     def _gathered_executor(self) -> GatheredHeadExecutor:
         if self._executor is None or not self._executor.is_current():

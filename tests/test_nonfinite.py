@@ -50,6 +50,36 @@ def test_nan_weights_are_named(model, parameter, message, execution):
         assert "sact" in model([image])[0]  # the intact model runs
 
 
+@pytest.fixture(scope="module")
+def act_head_model():
+    torch.manual_seed(0)
+    return build_model(tiny_cfg(config="synthetic/sact_tiny_act_head.yaml")).eval()
+
+
+@pytest.mark.parametrize("execution", ["dense", "perforated"])
+@pytest.mark.parametrize("parameter, message", [
+    ("roi_heads.res5.halting.0.bias", "block res5 of the box head produced non-finite halting scores"),
+    ("roi_heads.res5.1.conv2.weight", "block res5 of the box head produced non-finite features"),
+])
+def test_nan_weights_in_the_act_box_head_are_named(act_head_model, parameter, message, execution):
+    """The ACT box head (MODEL.SACT.HEAD_TYPE act): a NaN halting score would
+    only halt its proposals early, and the gathered executor's fused ReLU turns
+    NaN features into 0, so neither shows in the box predictor's outputs."""
+    model = act_head_model
+    image = {"image": torch.rand(3, 96, 128) * 255}
+    good = {k: v.clone() for k, v in model.state_dict().items()}
+    model.roi_heads.execution = execution
+    try:
+        model.load_state_dict(with_nan(model, parameter))
+        with pytest.raises(NonFiniteOutputError, match=message), torch.no_grad():
+            model([image])
+    finally:
+        model.load_state_dict(good)
+        model.roi_heads.execution = "dense"
+    with torch.no_grad():
+        assert "sact" in model([image])[0]
+
+
 def test_eval_only_with_nan_weights_fails_naming_the_block(synthetic_root, model, tmp_path, capsys):
     weights = tmp_path / "nan.pth"
     torch.save({"model": with_nan(model, "backbone.res3.0.conv2.weight")}, weights)

@@ -16,26 +16,29 @@ __all__ = ["GatheredHeadExecutor"]
 class GatheredHeadExecutor:
     """Inference of a res5 :class:`AdaptiveStage` over ``[R, C, 14, 14]`` pooled
     proposal features: returns the box predictor's input (the spatial mean of
-    the block output, eq. 10) and each proposal's number of units."""
+    the block output, eq. 10), each proposal's number of units, and whether
+    every halting score was finite (a bool scalar tensor)."""
 
     def __init__(self, stage: AdaptiveStage):
         if stage.halting_type == "sact":
             raise ValueError("the box head supports HEAD_TYPE none or act, not sact")
         self.stage = stage
         self.units = [FoldedUnit(u) for u in stage.units]
+        self.weights_finite = all(u.finite for u in self.units)  # see FoldedConv.finite
         self.halting = [FoldedHalting(branch) for branch in stage.halting or []]
         self._versions = _weight_versions(stage)
 
     def is_current(self) -> bool:
         return _weight_versions(self.stage) == self._versions
 
-    def __call__(self, pooled: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, pooled: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         num = pooled.shape[0]
         x = self.units[0].dense(pooled.contiguous(memory_format=torch.channels_last))  # [R, C, h, w]
         if not self.stage.adaptive:
             for unit in self.units[1:]:
                 x = unit.dense(x)
-            return x.mean((2, 3)), torch.full((num,), len(self.units), dtype=torch.int32)
+            return (x.mean((2, 3)), torch.full((num,), len(self.units), dtype=torch.int32),
+                    torch.ones((), dtype=torch.bool))
         state = HaltingState(torch.ones(num, dtype=torch.bool, device=pooled.device), self.stage.eps)
         output = torch.zeros((num, x.shape[1]), device=pooled.device)  # float32, eq. (10) pooled
         for index, unit in enumerate(self.units):
@@ -53,4 +56,4 @@ class GatheredHeadExecutor:
                 score = torch.sigmoid(self.halting[index].global_logit(pooled_x))  # eq. (6)
             weight = state.update(score, active)
             output.index_add_(0, active, pooled_x * weight[:, None])
-        return output.to(pooled.dtype), state.num_units
+        return output.to(pooled.dtype), state.num_units, state.scores_finite
