@@ -9,7 +9,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from sact_det.data import check_datasets_exist, register_config_datasets
 from sact_det.data.datasets import coco_category_names
-from sact_det.engine import argument_parser, setup
+from sact_det.data.synthetic import split_paths
+from sact_det.engine import SACTTrainer, argument_parser, main, setup, training_dataset_dicts
 from sact_det.tools_common import load_config
 
 from conftest import config_path, tiny_cfg
@@ -107,3 +108,43 @@ def test_yaml_form(my_dataset, tmp_path):
     cfg = load_config(str(config), ["MODEL.DEVICE", "cpu"])  # what every tool does
     assert MetadataCatalog.get("my_yaml").thing_classes[0] == "ball"
     assert cfg.DATASETS.COCO_JSON[0][0] == "my_yaml"
+
+
+def test_training_on_a_config_dataset_and_the_heldout_split(synthetic_root, tmp_path, sact_log):
+    """The training data path (annotation checks, boxes clipped for training, the
+    resumable stream) on a DATASETS.COCO_JSON dataset beside synthetic_val_heldout."""
+    coco = json.load(open(split_paths(synthetic_root, "val")[0]))
+    annotation = coco["annotations"][0]
+    image = next(i for i in coco["images"] if i["id"] == annotation["image_id"])
+    annotation["bbox"] = [image["width"] - 10, 5, 40, 20]  # partly outside the image
+    json_file = tmp_path / "mine.json"
+    json_file.write_text(json.dumps(coco))
+    image_root = split_paths(synthetic_root, "val")[1]
+    datasets = ["DATASETS.COCO_JSON", f'(("mine_train", "{json_file}", "{image_root}"),)',
+                "DATASETS.TRAIN", '("mine_train", "synthetic_val_heldout")', "DATASETS.TEST", "()"]
+    cfg = tiny_cfg(*datasets, "SEED", "3")
+    register_config_datasets(cfg)
+
+    dicts = training_dataset_dicts(cfg)
+    heldout = DatasetCatalog.get("synthetic_val_heldout")
+    assert len(dicts) == len(coco["images"]) + len(heldout)
+    record = next(r for r in dicts if r["file_name"] == os.path.join(image_root, image["file_name"]))
+    assert [image["width"] - 10, 5, image["width"], 25] in [a["bbox"] for a in record["annotations"]]  # clipped
+    assert f"dataset 'mine_train' ({json_file}): 1 of" in sact_log.text and "1 partly outside" in sact_log.text
+
+    def ids(loader, count):
+        stream = iter(loader)
+        return [[s["file_name"] for s in next(stream)] for _ in range(count)]
+
+    whole = ids(SACTTrainer.build_train_loader(cfg), 3)
+    resumed = SACTTrainer.build_train_loader(cfg)
+    resumed.start_at(2)
+    assert ids(resumed, 1) == whole[2:]
+
+    args = argument_parser().parse_args(["--config-file", config_path("synthetic/sact_tiny.yaml"), *datasets,
+                                         "MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TRAIN", "(128,)",
+                                         "INPUT.MAX_SIZE_TRAIN", "192", "SOLVER.IMS_PER_BATCH", "2",
+                                         "DATALOADER.NUM_WORKERS", "0", "SOLVER.MAX_ITER", "1",
+                                         "OUTPUT_DIR", str(tmp_path / "out")])
+    main(args)
+    assert os.path.exists(tmp_path / "out" / "model_final.pth")

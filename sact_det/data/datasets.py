@@ -12,6 +12,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 
 from ..tools_common import InputFileNotFoundError, InputKeyError
+from .annotations import validate_on_load
 from .synthetic import CATEGORIES, DATASET_VERSION, dataset_version, generate_dataset, split_paths
 
 __all__ = ["SYNTHETIC_SPLITS", "datasets_root", "default_synthetic_root", "register_synthetic",
@@ -49,7 +50,8 @@ def default_synthetic_root() -> str:
 
 def register_synthetic(root: str = None) -> None:
     """Registers ``synthetic_train``, ``synthetic_val`` and ``synthetic_val_heldout`` at ``root`` with
-    Detectron2 (through ``load_coco_json``, as COCO); re-registering moves them."""
+    Detectron2 (through ``load_coco_json``, as COCO, annotations checked when
+    loaded: :func:`~sact_det.data.annotations.validate_on_load`); re-registering moves them."""
     root = root or default_synthetic_root()
     for name, split in SYNTHETIC_SPLITS.items():
         if name in DatasetCatalog.list():
@@ -60,6 +62,7 @@ def register_synthetic(root: str = None) -> None:
         # name the classes without loading the annotations first.
         register_coco_instances(name, {"thing_classes": [c["name"] for c in CATEGORIES]},
                                 json_file, image_root)
+    validate_on_load(SYNTHETIC_SPLITS)
 
 
 def ensure_synthetic(root: str = None, **generate_kwargs) -> str:
@@ -122,7 +125,8 @@ def _registered_from_config(name: str) -> bool:
 
 def register_config_datasets(cfg) -> List[str]:
     """Registers the COCO-format datasets of ``cfg.DATASETS.COCO_JSON`` with
-    Detectron2 (``register_coco_instances``); returns their names.
+    Detectron2 (``register_coco_instances``, annotations checked when loaded:
+    :func:`~sact_det.data.annotations.validate_on_load`); returns their names.
 
     Class names come from each json's categories when the file exists; a
     missing file is left to :func:`check_datasets_exist`, which reports it when
@@ -143,6 +147,7 @@ def register_config_datasets(cfg) -> List[str]:
             metadata["thing_classes"] = _category_names_for(name, json_file)
         register_coco_instances(name, metadata, json_file, image_root)
         names.append(name)
+    validate_on_load(names)
     return names
 
 
