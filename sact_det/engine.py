@@ -366,7 +366,7 @@ def _prepare(cfg, args):
         register_synthetic()
     register_config_datasets(cfg)
     check_datasets_exist(sorted(names))
-    validate_on_load(sorted(names))
+    validate_on_load(sorted(names))  # Detectron2's own COCO datasets; sact-det's are checked when registered
 
 
 def setup(args):

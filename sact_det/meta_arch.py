@@ -45,8 +45,9 @@ class SACTRCNN(GeneralizedRCNN):
     Inference returns, next to ``"instances"``, a :class:`~sact_det.report.SACTReport`
     per image as ``"sact"``: feature-extractor FLOPs (absolute, per block, % of
     dense), ponder cost and mean units per block, and ponder cost maps.
-    Non-finite features, halting scores (checked by the backbone), RPN or box
-    predictions at inference are an error naming the block or head.
+    Non-finite features, halting scores (checked by the backbone and the box
+    head's res5), RPN or box predictions at inference are an error naming the
+    block or head.
     """
 
     @configurable

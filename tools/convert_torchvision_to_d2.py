@@ -18,7 +18,8 @@ from sact_det.torchvision_weights import TORCHVISION_CONFIG, convert_torchvision
 def main(argv=None) -> int:
     parser = ToolParser(__doc__)
     parser.add_argument("input", type=existing_file, help="torchvision checkpoint (.pth: a ResNet state dict)")
-    parser.add_argument("output", type=output_file(".pkl", create_parent=True), help="Detectron2 checkpoint to write (.pkl)")
+    parser.add_argument("output", type=output_file(".pkl", create_parent=True),
+                        help="Detectron2 checkpoint to write (.pkl)")
     args = parser.parse_args(argv)
 
     def convert():
