@@ -10,9 +10,9 @@ shape alone):
 
 * object appearance: flat colour, stripes, noise texture, colour gradient, or
   low contrast against the background around it;
-* object scale: 7-45 % of the image's shorter side, log-uniform, so many are
+* object scale: 10-45 % of the image's shorter side, log-uniform, so many are
   small (a few cells of the stride-16 feature map);
-* occlusion: objects overlap each other and distractors, up to 40 % of an
+* occlusion: objects overlap each other and distractors, up to 30 % of an
   object hidden (annotations are the visible region);
 * background: plain, smooth colour field, texture, or clutter (lines, blobs
   and extra distractors);
@@ -52,8 +52,8 @@ OBJECT_STYLES = {"train": ("flat", "striped", "noise", "gradient", "low_contrast
 BACKGROUND_STYLES = {"train": ("plain", "smooth", "texture", "clutter"), "heldout": ("grid", "marble")}
 DISTRACTORS = ("ellipse", "ring", "cross", "crescent", "bar")
 
-MIN_VISIBLE = 0.6  # an object keeps at least this share of its area visible
-SIZE_RANGE = (0.07, 0.45)  # object size (circumscribed diameter) / shorter image side
+MIN_VISIBLE = 0.7  # an object keeps at least this share of its area visible
+SIZE_RANGE = (0.1, 0.45)  # object size (circumscribed diameter) / shorter image side
 
 
 def split_paths(root: str, split: str) -> Tuple[str, str]:
@@ -168,7 +168,7 @@ def _appearance(rng, style: str, height: int, width: int, box, local_colour: np.
         t = ((xx - x0) * math.cos(angle) + (yy - y0) * math.sin(angle)) / size
         return _mix(np.clip(t, 0, 1).astype(np.float32), first, second)
     if style == "low_contrast":  # the background's colour, a little lighter or darker
-        shift = float(rng.choice([-1, 1]) * rng.uniform(18, 35))
+        shift = float(rng.choice([-1, 1]) * rng.uniform(25, 45))
         return np.broadcast_to(local_colour + shift + rng.normal(0, 6, 3).astype(np.float32), (height, width, 3))
     if style == "checker":
         yy, xx = _grid(height, width)
@@ -243,7 +243,7 @@ def _fill(contours: List[np.ndarray], height: int, width: int) -> np.ndarray:
     return mask
 
 
-def render_image(rng: np.random.RandomState, height: int, width: int, max_objects: int = 5,
+def render_image(rng: np.random.RandomState, height: int, width: int, max_objects: int = 4,
                  split_styles: str = "train") -> Tuple[np.ndarray, List[Dict], str]:
     """One uint8 BGR image, its objects (category, style, visible bool mask) and
     its background style. ``split_styles``: "train" or "heldout" (the
@@ -252,7 +252,7 @@ def render_image(rng: np.random.RandomState, height: int, width: int, max_object
     image = _background(rng, background, height, width)
     styles = OBJECT_STYLES[split_styles]
     num_objects = rng.randint(1, max_objects + 1)
-    num_distractors = rng.randint(3, 6) if background == "clutter" else rng.randint(0, 3)
+    num_distractors = rng.randint(2, 4) if background == "clutter" else rng.randint(0, 2)
     layers = ["object"] * num_objects + ["distractor"] * num_distractors
     rng.shuffle(layers)  # distractors in front of some objects, behind others
     short = min(height, width)
@@ -298,7 +298,7 @@ def _annotation(obj: Dict, annotation_id: int, image_id: int) -> Dict:
 
 
 def generate_split(root: str, split: str, num_images: int, seed: int,
-                   size_range=((224, 288), (288, 384)), max_objects: int = 5,
+                   size_range=((224, 288), (288, 384)), max_objects: int = 4,
                    split_styles: str = "train") -> str:
     """Writes ``num_images`` images and their COCO json; returns the json path.
 
