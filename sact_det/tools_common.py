@@ -24,8 +24,10 @@ keeps working.
 """
 import argparse
 import contextlib
+import logging
 import os
 import sys
+import warnings
 from typing import Callable, Iterator, Optional, Sequence, Tuple
 
 __all__ = ["InputError", "InputFileNotFoundError", "InputKeyError", "InputValueError", "NonFiniteOutputError",
@@ -245,12 +247,22 @@ def _message(error: BaseException) -> str:
     return str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
 
 
+def quiet_known_warnings() -> None:
+    """Silences two messages that Detectron2's and torch's own code print on
+    every run, which a user cannot act on: torch's ``meshgrid`` indexing notice
+    (from Detectron2's anchor generator) and its ``is_fx_tracing`` notice (from
+    Detectron2's ROI pooler). For our command-line entry points only."""
+    warnings.filterwarnings("ignore", message=r"torch\.meshgrid: in an upcoming release", category=UserWarning)
+    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
+
+
 def run_tool(main: Callable[[], Optional[int]], prog: str = None) -> int:
     """Runs a tool's ``main`` and returns its exit status (``None``: 0). The
     errors a user can cause (an :class:`InputError`, a missing or unreadable
     file, a bad config key or value, a checkpoint that does not fit) become one
     ``prog: error: ...`` line on stderr and status :data:`INPUT_ERROR_STATUS`."""
     prog = prog or os.path.basename(sys.argv[0])
+    quiet_known_warnings()
     try:
         return main() or 0
     except (InputError, FileNotFoundError, PermissionError, KeyError, ValueError) as e:
