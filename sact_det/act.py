@@ -155,7 +155,8 @@ class HaltingState:
             h = torch.ones(shape, device=self.active.device)
         else:
             h = halting_score.float().expand(shape)
-            self.scores_finite = self.scores_finite & torch.isfinite(h).all()
+            # One reduction: a NaN or inf anywhere makes the sum non-finite (scores lie in [0, 1]).
+            self.scores_finite = self.scores_finite & torch.isfinite(h.sum())
         step = act_step(read(self.cumulative_score), read(self.remainder), h, self.eps)
         self.ponder_cost = write(self.ponder_cost, read(self.ponder_cost) + step.ponder_increment)
         self.num_units = write(self.num_units, read(self.num_units) + 1)

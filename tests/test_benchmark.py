@@ -30,9 +30,10 @@ def test_calibration_reaches_the_operating_point():
 
 def test_rows_for_every_execution_point_and_the_detector():
     cfg = tiny_cfg("MODEL.SACT.RES5_NUM_UNITS", "3", "MODEL.SACT.HEAD_TYPE", "act")
+    lines = []
     rows = run_benchmark(cfg, [(96, 128)], [100.0, 50.0], ["dense", "perforated", "tiled"], tile_size=4,
                          warmup=0, repeats=1, detector=True, head_points=[100.0, 50.0], calibration_steps=7,
-                         log=lambda line: None)
+                         log=lines.append)
     backbones = [r.model for r in rows if r.kind == "backbone"]
     detectors = [r for r in rows if r.kind == "detector"]
     assert backbones[:2] == ["detectron2 (stock)", "detectron2 (tuned)"]
@@ -47,6 +48,10 @@ def test_rows_for_every_execution_point_and_the_detector():
     for row in detectors:
         assert set(row.breakdown_ms) == {"backbone", "RPN", "ROI pooling", "box head", "post-processing"}
         assert all(v >= 0 for v in row.breakdown_ms.values()) and row.breakdown_ms["box head"] > 0
+    # The head reaches its target at every point (its halting profile follows the backbone's features).
+    head = [float(line.split("box head at ")[1].split("%")[0]) for line in lines if "box head at" in line]
+    targets = [100.0] * 3 + [50.0] * 3  # dense, perforated, tiled at each point
+    assert len(head) == len(targets) and max(abs(h - t) for h, t in zip(head, targets)) < 8.0, head
     full, half = detectors[2], detectors[4]  # perforated at (100, 100) and (50, 50)
     assert half.flops_pct < full.flops_pct  # the whole detector's FLOPs follow both operating points
 
