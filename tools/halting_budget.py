@@ -40,7 +40,8 @@ def main(argv=None) -> int:
         best, points = run_budget_search(cfg, args.target_flops, dataset, args.num_images, args.tolerance)
         print(format_points(points))
         print(f"\noffset {best.offset:+.4f}: {best.flops_pct:.1f}% FLOPs (target {args.target_flops:g}%), "
-              f"box AP {best.ap if best.ap is None else round(best.ap, 1)} on {dataset}")
+              f"box AP {best.ap if best.ap is None else round(best.ap, 1)} on "
+              + (f"the first {args.num_images} images of " if args.num_images else "") + dataset)
         print(f"use: MODEL.SACT.TEST_HALTING_OFFSET {best.offset:.4f}")
     return run_tool(search, parser.prog)
 

@@ -5,8 +5,8 @@ tau, ACT at two, non-adaptive ResNets with fewer units per block, each with
 (box AP, feature-extractor FLOPs) and one SACT model's test-time halting
 offsets. Resumes after a kill (finished members are skipped).
 
-    python tools/tradeoff.py                         # default ladder, 2 seeds (about 2.5 hours on 2 cores)
-    python tools/tradeoff.py --quick --output output/tradeoff_quick     # 1 seed, fewer members (~20 min)
+    python tools/tradeoff.py                         # default ladder, 2 seeds: 18 trainings of about 7 minutes on 2 cores
+    python tools/tradeoff.py --quick --output output/tradeoff_quick     # 1 seed, 5 trainings of 150 iterations
 
 Writes OUTPUT/tradeoff.json, tradeoff.md (table) and tradeoff.png (AP vs FLOPs %).
 """
