@@ -1,11 +1,13 @@
 """Shared fixtures: configs of the tiny CPU models, a small synthetic dataset on
-disk, the sact_det log, and the tools as modules."""
+disk, the sact_det log, the tools as modules, and a hook that interrupts training."""
 import importlib.util
 import logging
 import os
 
 import pytest
 import torch
+
+from detectron2.engine import HookBase
 
 from sact_det import get_sact_cfg
 from sact_det.data import register_synthetic
@@ -15,6 +17,17 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+class StopAfter(HookBase):
+    """Simulates a training run killed after ``iteration`` finished."""
+
+    def __init__(self, iteration):
+        self.iteration = iteration
+
+    def after_step(self):
+        if self.trainer.iter == self.iteration:
+            raise KeyboardInterrupt
 
 
 def config_path(name: str) -> str:

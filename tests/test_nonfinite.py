@@ -1,5 +1,7 @@
 """Broken (NaN) weights are an error naming the block or head at inference, not a
 plausible report (issue 10, item 3)."""
+from contextlib import contextmanager
+
 import pytest
 import torch
 
@@ -24,6 +26,20 @@ def with_nan(model, name):
     return state
 
 
+@contextmanager
+def nan_in(model, name):
+    """NaN in parameter ``name`` of ``model`` inside the block; the weights are
+    restored after it, and the intact model must then run again."""
+    good = {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(with_nan(model, name))
+    try:
+        yield
+    finally:
+        model.load_state_dict(good)
+    with torch.no_grad():
+        assert "sact" in model([{"image": torch.rand(3, 96, 128) * 255}])[0]
+
+
 @pytest.mark.parametrize("execution", ["dense", "perforated"])
 @pytest.mark.parametrize("parameter, message", [
     ("backbone.res3.0.conv2.weight", "block res3 of the feature extractor produced non-finite features"),
@@ -33,21 +49,18 @@ def with_nan(model, name):
 ])
 def test_nan_weights_are_named(model, parameter, message, execution):
     image = {"image": torch.rand(3, 96, 128) * 255}
-    good = {k: v.clone() for k, v in model.state_dict().items()}
     model.backbone.execution = execution
     try:
-        model.load_state_dict(with_nan(model, parameter))
-        with pytest.raises(NonFiniteOutputError, match=message), torch.no_grad():
-            model([image])
-        # Training is not checked here: Detectron2 and the divergence handling
-        # report a non-finite loss their own way.
-        model.backbone.train().forward_with_sact(torch.rand(1, 3, 64, 64))
+        with nan_in(model, parameter):
+            with pytest.raises(NonFiniteOutputError, match=message), torch.no_grad():
+                model([image])
+            # Training is not checked here: Detectron2 and the divergence handling
+            # report a non-finite loss their own way.
+            model.backbone.train().forward_with_sact(torch.rand(1, 3, 64, 64))
+            model.eval()
     finally:
         model.eval()
-        model.load_state_dict(good)
         model.backbone.execution = "dense"
-    with torch.no_grad():
-        assert "sact" in model([image])[0]  # the intact model runs
 
 
 @pytest.fixture(scope="module")
@@ -66,18 +79,13 @@ def test_nan_weights_in_the_act_box_head_are_named(act_head_model, parameter, me
     only halt its proposals early, and the gathered executor's fused ReLU turns
     NaN features into 0, so neither shows in the box predictor's outputs."""
     model = act_head_model
-    image = {"image": torch.rand(3, 96, 128) * 255}
-    good = {k: v.clone() for k, v in model.state_dict().items()}
     model.roi_heads.execution = execution
     try:
-        model.load_state_dict(with_nan(model, parameter))
-        with pytest.raises(NonFiniteOutputError, match=message), torch.no_grad():
-            model([image])
+        with nan_in(model, parameter):
+            with pytest.raises(NonFiniteOutputError, match=message), torch.no_grad():
+                model([{"image": torch.rand(3, 96, 128) * 255}])
     finally:
-        model.load_state_dict(good)
         model.roi_heads.execution = "dense"
-    with torch.no_grad():
-        assert "sact" in model([image])[0]
 
 
 def test_eval_only_with_nan_weights_fails_naming_the_block(synthetic_root, model, tmp_path, capsys):

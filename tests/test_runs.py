@@ -15,7 +15,7 @@ from detectron2.utils.env import seed_all_rng
 
 from sact_det.engine import SACTTrainer, TrainingDivergedError, argument_parser, main
 
-from conftest import REPO, config_path, tiny_cfg
+from conftest import REPO, StopAfter, config_path, tiny_cfg
 
 TINY = config_path("synthetic/sact_tiny.yaml")
 # tiny_cfg's test sizes as command-line overrides, no evaluation at the end.
@@ -28,17 +28,6 @@ TINY_OPTS = ["MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX
 def run_cfg(output_dir, *opts):
     seed_all_rng(0)  # as default_setup does for SEED 0: the same initial weights in every run
     return tiny_cfg("OUTPUT_DIR", str(output_dir), "SOLVER.WARMUP_ITERS", "2", "DATASETS.TEST", "()", *opts)
-
-
-class StopAfter(HookBase):
-    """Simulates a run killed after ``iteration`` finished."""
-
-    def __init__(self, iteration):
-        self.iteration = iteration
-
-    def after_step(self):
-        if self.trainer.iter == self.iteration:
-            raise KeyboardInterrupt
 
 
 class ScaleWeights(HookBase):

@@ -15,22 +15,11 @@ from detectron2.modeling import build_model
 from sact_det import get_sact_cfg
 from sact_det.engine import SACTTrainer, TrainingDivergedError, main
 
-from conftest import REPO, config_path, tiny_cfg
+from conftest import REPO, StopAfter, config_path, tiny_cfg
 
 
 def train_cfg(output_dir, *opts):
     return tiny_cfg("OUTPUT_DIR", str(output_dir), "SOLVER.WARMUP_ITERS", "2", *opts)
-
-
-class StopAt(HookBase):
-    """Simulates a run killed after ``iteration`` finished."""
-
-    def __init__(self, iteration):
-        self.iteration = iteration
-
-    def after_step(self):
-        if self.trainer.iter == self.iteration:
-            raise KeyboardInterrupt
 
 
 class PoisonAt(HookBase):
@@ -103,7 +92,7 @@ def cfg_opts(cfg):
 def test_resume_continues_iterations_and_weights(synthetic_root, tmp_path):
     cfg = train_cfg(tmp_path, "SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "2")
     first = SACTTrainer(cfg)
-    first.register_hooks([StopAt(4)])
+    first.register_hooks([StopAfter(4)])
     with pytest.raises(KeyboardInterrupt):
         first.train()
     saved = torch.load(tmp_path / "model_0000003.pth", weights_only=False)
