@@ -43,7 +43,8 @@ from .sparse.dense import TunedBackbone, tune_detector
 
 __all__ = ["Row", "benchmark_image", "set_halting_profile", "set_head_halting_profile", "calibrate",
            "time_round_robin", "peak_memory_mb", "run_benchmark", "markdown_table", "machine_description",
-           "rows_as_dicts", "profile_point"]
+           "rows_as_dicts", "profile_point", "unit_crossover",
+           "crossover_table"]
 
 
 @dataclass
@@ -466,7 +467,7 @@ def profile_point(cfg, height: int, width: int, target_pct: float, execution: st
     def tuned_block(units):
         def run(h):
             for unit in units:
-                h = unit.dense(h)
+                h = unit.dense(h, inplace=True)
             return h
         return run
 
@@ -496,12 +497,85 @@ def profile_point(cfg, height: int, width: int, target_pct: float, execution: st
     return "\n".join(lines)
 
 
+@torch.no_grad()
+def unit_crossover(cfg, height: int, width: int, shares: Sequence[float], tile_size: int = 8,
+                   repeats: int = 5) -> Tuple[List[dict], Dict[str, float]]:
+    """The cost model behind ``MODEL.SACT.SPARSE_MAX_ACTIVE``, measured on this
+    machine: for the second unit of every block (its real input on the
+    benchmark image), the latency of running it densely (what the executors
+    do above ``SPARSE_MAX_ACTIVE``), perforated and tiled, at each active
+    share in ``shares``. Active positions are the share with the strongest
+    3x3 local mean activation (coherent regions, as halting makes them).
+
+    Returns (one dict per block and share, and per block the crossover: the
+    share below which perforated beats dense, interpolated; 0 if it never does)."""
+    from .sparse.rows import BlockRows, MapLayout
+    from .sparse.units import dense_unit, perforated_unit, tiled_unit
+
+    device = torch.device(cfg.MODEL.DEVICE)
+    _, stock = _build(cfg, device, torch.float32)
+    tuned = TunedBackbone(stock)
+    h = F.max_pool2d(tuned.stem.relu(benchmark_image(cfg, height, width).to(device)
+                                     .contiguous(memory_format=torch.channels_last)), 3, 2, 1)
+    records, crossover = [], {}
+    for name, units in zip(tuned.names, tuned.blocks):
+        h = units[0].dense(h)  # the second unit's input
+        unit, (_, channels, rows_h, rows_w) = units[1], h.shape
+        layout = MapLayout(1, rows_h, rows_w, None, device)
+        tiles = layout.tiles(tile_size)
+        data = h.permute(0, 2, 3, 1).reshape(layout.num, channels)
+        local = F.avg_pool2d(h.mean(1, keepdim=True), 3, 1, 1, count_include_pad=False).flatten()
+        order = torch.argsort(local, descending=True)
+        for share in shares:
+            active = order[:max(1, round(share * layout.num))].sort().values
+            dilated, neighbour_rows = layout.dilate(active)
+            windows = tiles[0][torch.unique(tiles[1][active])]
+            ways = {"dense": lambda r: dense_unit(unit, r, active),
+                    "perforated": lambda r: perforated_unit(unit, r, active, dilated, neighbour_rows),
+                    "tiled": lambda r: tiled_unit(unit, r, active, windows, tile_size)}
+            times = {way: [] for way in ways}
+            for repeat in range(repeats + 1):  # the first round warms up
+                for way, fn in ways.items():
+                    rows = BlockRows(layout, data.clone(), spatial=False)  # units write in place
+                    start = time.perf_counter()
+                    fn(rows)
+                    if repeat:
+                        times[way].append(1000 * (time.perf_counter() - start))
+            record = {"block": name, "share": share, **{f"{way} ms": float(np.median(t)) for way, t in times.items()}}
+            records.append(record)
+        ratios = [(r["share"], r["perforated ms"] / r["dense ms"]) for r in records if r["block"] == name]
+        crossover[name] = 0.0
+        for (low, r_low), (high, r_high) in zip(ratios, ratios[1:]):
+            if r_low < 1.0 <= r_high:  # the last crossing from faster to slower
+                crossover[name] = low + (1.0 - r_low) * (high - low) / (r_high - r_low)
+        if ratios and ratios[-1][1] < 1.0:
+            crossover[name] = ratios[-1][0]
+        h = h.clone()
+        for later in units[1:]:
+            h = later.dense(h, inplace=True)
+    return records, crossover
+
+
 # --- reporting ------------------------------------------------------------------------------
 def format_row(row: Row) -> str:
     target = "" if row.target_pct is None else f"(target {row.target_pct:.0f}%)"
     return (f"{row.size:>9} {row.kind:<8} {row.model:<24} FLOPs {row.flops_pct:5.1f}% {target:<13} "
             f"{row.median_ms:9.1f} ms  vs tuned {row.speedup_tuned:5.2f}x (eff. {row.efficiency_tuned:4.2f})  "
             f"vs stock {row.speedup_stock:5.2f}x")
+
+
+def crossover_table(records: Sequence[dict], crossover: Dict[str, float]) -> str:
+    """Markdown: per block and active share, each way's latency and perforated /
+    dense; then each block's crossover share."""
+    lines = ["| block | active share | dense ms | perforated ms | tiled ms | perforated / dense |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in records:
+        lines.append(f"| {r['block']} | {r['share']:.2f} | {r['dense ms']:.2f} | {r['perforated ms']:.2f} | "
+                     f"{r['tiled ms']:.2f} | {r['perforated ms'] / r['dense ms']:.2f} |")
+    lines.append("")
+    lines.append("crossover (perforated faster than dense below this share): " +
+                 ", ".join(f"{name} {share:.2f}" for name, share in crossover.items()))
+    return "\n".join(lines)
 
 
 def markdown_table(rows: Sequence[Row]) -> str:

@@ -91,3 +91,15 @@ def test_detector_in_half_precision_is_refused_with_a_reason():
     with pytest.raises(ValueError, match="float32 only"):
         run_benchmark(tiny_cfg(), [(96, 128)], [50.0], ["perforated"], tile_size=4, warmup=0, repeats=1,
                       dtype=torch.bfloat16, detector=True, log=lambda line: None)
+
+
+def test_crossover_times_every_block_and_share():
+    from sact_det.benchmark import crossover_table, unit_crossover
+
+    records, crossover = unit_crossover(tiny_cfg(), 96, 128, [0.2, 1.0], tile_size=4, repeats=1)
+    assert [(r["block"], r["share"]) for r in records] == [(b, s) for b in ("res2", "res3", "res4")
+                                                           for s in (0.2, 1.0)]
+    for record in records:
+        assert all(record[f"{way} ms"] > 0 for way in ("dense", "perforated", "tiled"))
+    assert set(crossover) == {"res2", "res3", "res4"} and all(0.0 <= c <= 1.0 for c in crossover.values())
+    assert "crossover" in crossover_table(records, crossover)

@@ -215,7 +215,13 @@ def test_executor_follows_weight_changes():
     executor = SparseStageExecutor(stage, "perforated")
     assert executor.is_current()
     with torch.no_grad():
-        stage.units[2].conv3.weight.mul_(2.0)
+        stage.units[2].conv3.weight.mul_(2.0)  # in place
+    assert not executor.is_current()
+    executor = SparseStageExecutor(stage, "perforated")
+    stage.units[1].conv1.weight = torch.nn.Parameter(stage.units[1].conv1.weight.detach().clone())  # replaced
+    assert not executor.is_current()
+    executor = SparseStageExecutor(stage, "perforated")
+    stage.halting[0].bias.data = stage.halting[0].bias.data.clone()  # new storage (as .to() gives)
     assert not executor.is_current()
 
 

@@ -9,6 +9,7 @@ side by side in one run, same weights, at controlled shares of dense FLOPs.
     python tools/benchmark.py --device cuda --half             # GPU, fp16
     python tools/benchmark.py --config-file CFG --weights model_final.pth --points trained
     python tools/benchmark.py --profile 56                      # where the time goes at 56 %
+    python tools/benchmark.py --crossover 0.1 0.3 0.5 0.7 0.9 1  # dense vs sparse per unit: SPARSE_MAX_ACTIVE
 
 Prints one line per configuration and, with --markdown, a table for BENCHMARKS.md.
 """
@@ -20,7 +21,8 @@ from datetime import date
 
 import torch
 
-from sact_det.benchmark import machine_description, markdown_table, profile_point, rows_as_dicts, run_benchmark
+from sact_det.benchmark import (crossover_table, machine_description, markdown_table, profile_point, rows_as_dicts,
+                               run_benchmark, unit_crossover)
 from sact_det.tools_common import (ToolParser, atomic_path, existing_file, image_size, load_config,
                                    non_negative_int, output_file, positive_float, positive_int, run_tool)
 
@@ -36,6 +38,14 @@ def flops_point(text: str):
     except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"expected a positive number (% of dense FLOPs) or 'trained', "
                                          f"got {text!r}") from None
+
+
+def active_share(text: str) -> float:
+    """``type=`` for a ``--crossover`` value: a share of active positions in (0, 1]."""
+    value = positive_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"expected an active share in (0, 1], got {text!r}")
+    return value
 
 
 def build_parser():
@@ -64,6 +74,10 @@ def build_parser():
     parser.add_argument("--profile", type=positive_float, metavar="PCT",
                         help="instead of the table: per-block latency and profiler table at PCT %% FLOPs "
                              "(float32, first size, first execution other than dense)")
+    parser.add_argument("--crossover", nargs="+", type=active_share, metavar="SHARE",
+                        help="instead of the table: time one unit of every block densely, perforated and tiled "
+                             "at these active shares (0-1), and print where sparse execution stops paying "
+                             "(what MODEL.SACT.SPARSE_MAX_ACTIVE should be on this machine)")
     parser.add_argument("--json", type=output_file(), help="write the rows to this file")
     parser.add_argument("--markdown", action="store_true", help="print a markdown table at the end")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides")
@@ -83,6 +97,10 @@ def main(argv=None) -> int:
     def benchmark():
         print(f"# {date.today()} | torch {torch.__version__} | {machine_description(torch.device(args.device))} | "
               f"{dtype} | config {os.path.relpath(args.config_file, ROOT)}")
+        if args.crossover:
+            records, crossover = unit_crossover(cfg, *args.sizes[0], args.crossover, args.tile_size, args.repeats)
+            print(crossover_table(records, crossover))
+            return
         if args.profile is not None:
             execution = next((e for e in args.executions if e != "dense"), "dense")
             print(profile_point(cfg, *args.sizes[0], args.profile, execution))

@@ -5,6 +5,7 @@ object as the dense path) on the rows of :mod:`.rows`: the first unit densely,
 then each unit where positions are still active, by the functions of
 :mod:`.units`, until every position has halted (line 11).
 """
+from contextlib import nullcontext
 from typing import List, Optional, Tuple
 
 import torch
@@ -16,7 +17,7 @@ from ..act import HaltingState
 from ..adaptive_stage import AdaptiveStage, StageOutput, subsample_valid
 from ..flops import dense_unit_flops, halting_flops, perforated_unit_flops
 from ..halting import tile_mean
-from .folding import FoldedConv, FoldedHalting, FoldedUnit
+from .folding import FoldedConv, FoldedHalting, FoldedUnit, WeightWatch
 from .rows import BlockRows, MapLayout
 from .units import act_unit, dense_unit, perforated_unit, tiled_unit
 
@@ -25,8 +26,11 @@ __all__ = ["SPARSE_EXECUTIONS", "SparseStageExecutor", "SparseBackboneExecutor"]
 SPARSE_EXECUTIONS = ("perforated", "tiled")
 
 
-def _weight_versions(module: nn.Module):
-    return tuple((t.data_ptr(), t._version) for t in list(module.parameters()) + list(module.buffers()))
+def scope(name: str):
+    """A profiler scope (``sact::...``, shown by ``tools/benchmark.py --profile``),
+    entered only while a profiler runs: each costs about 7 us, and a forward
+    pass enters some 150."""
+    return record_function(name) if torch._C._autograd._profiler_enabled() else nullcontext()
 
 
 class SparseStageExecutor:
@@ -50,16 +54,17 @@ class SparseStageExecutor:
         if execution == "tiled" and stage.tile_size < 2:
             raise ValueError("tiled execution needs MODEL.SACT.TILE_SIZE >= 2")
         self.stage, self.execution, self.max_active = stage, execution, max_active
-        self.units = [FoldedUnit(u) for u in stage.units]
+        self.stage_units = stage.units
+        self.units = [FoldedUnit(u) for u in self.stage_units]
         self.weights_finite = all(u.finite for u in self.units)  # see FoldedConv.finite
         if stage.halting_type == "sact" and not all(u.sparse for u in self.units[1:]):
             raise ValueError("sparse execution needs stride-1, ungrouped, undilated units after the first")
         self.halting = [FoldedHalting(branch) for branch in stage.halting or []]
-        self._versions = _weight_versions(stage)
+        self._weights = WeightWatch(stage)
 
     def is_current(self) -> bool:
         """Whether the stage's weights are still those this executor folded."""
-        return _weight_versions(self.stage) == self._versions
+        return not self._weights.changed()
 
     def __call__(self, x: torch.Tensor, valid: Optional[torch.Tensor] = None) -> StageOutput:
         """As :meth:`AdaptiveStage.forward` (``valid`` at the input resolution)."""
@@ -75,10 +80,9 @@ class SparseStageExecutor:
         tiles = layout.tiles(stage.tile_size) if spatial and stage.tile_size > 1 else None
 
         state = HaltingState(layout.valid, stage.eps)
-        output = None  # float32 [P, C], eq. (10)
         computed_masks: List[torch.Tensor] = []
         for index, unit in enumerate(self.units):
-            with record_function("sact::bookkeeping"):
+            with scope("sact::bookkeeping"):
                 active = state.active_positions()
             halting = self.halting[index] if index < stage.num_units - 1 else None
             dilated = None  # None: every row may have changed
@@ -87,23 +91,23 @@ class SparseStageExecutor:
                     break  # Alg. 2 line 11
                 computed_masks.append(state.active.view(batch, 1, height, width))
                 rows.begin_unit(halting)
-                with record_function("sact::unit"):
+                with scope("sact::unit"):
                     conv1_at, conv23_at, dilated = self._run_unit(unit, rows, active, tiles)
-                executed += perforated_unit_flops(stage.units[index], conv23_at, conv1_at)
+                executed += perforated_unit_flops(self.stage_units[index], conv23_at, conv1_at)
             score = None  # h^L = 1, eq. (5)
             if halting is not None:
-                with record_function("sact::halting"):
+                with scope("sact::halting"):
                     logits, taps_at = rows.halting_logits(halting, active, dilated)
                     images = 1 if batch == 1 else int(state.active.view(batch, -1).any(1).sum())
                     executed += halting_flops(stage.halting[index], taps_at, images)
                     score = torch.sigmoid(logits)
                     if tiles is not None:
                         score = tile_mean(score, tiles[1][active], tiles[2])
-            with record_function("sact::bookkeeping"):  # lines 18-34; all active: no index arithmetic
+            with scope("sact::bookkeeping"):  # lines 18-34; all active: no index arithmetic
                 weight = state.update(score, None if active.numel() == layout.num else active)
-            with record_function("sact::accumulate"):
-                output = rows.accumulate(output, active, weight)
-        features = output.to(rows.data.dtype).view(batch, height, width, -1).permute(0, 3, 1, 2)
+            with scope("sact::accumulate"):
+                rows.accumulate(active, weight)
+        features = rows.block_output().view(batch, height, width, -1).permute(0, 3, 1, 2)
         return StageOutput(features=features, valid=layout.valid.view(batch, 1, height, width),
                            num_units_map=state.num_units.view(batch, height, width),
                            ponder_map=state.ponder_cost.view(batch, height, width),
@@ -134,16 +138,15 @@ class SparseBackboneExecutor:
 
     def __init__(self, stem: nn.Module, stages, execution: str, max_active: float = 0.8):
         self.execution, self.max_active = execution, max_active
-        self._stem = stem
         self.stem_conv = FoldedConv(stem.conv1)
         self.stem_finite = self.stem_conv.finite  # see FoldedConv.finite
-        self._stem_versions = _weight_versions(stem)
+        self._stem_weights = WeightWatch(stem)
         self.stages = [SparseStageExecutor(stage, execution, max_active) for stage in stages]
 
     def is_current(self, execution: str, max_active: float) -> bool:
         return (execution == self.execution and max_active == self.max_active
                 and all(s.is_current() for s in self.stages)
-                and _weight_versions(self._stem) == self._stem_versions)
+                and not self._stem_weights.changed())
 
     def stem(self, x: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The stem with folded batch norm; ``valid`` as for :func:`sact_det.backbone.stem_forward`."""

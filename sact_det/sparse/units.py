@@ -26,7 +26,7 @@ def dense_unit(unit: FoldedUnit, rows: BlockRows, active: torch.Tensor) -> Tuple
         is_active[active] = True
         inactive = torch.nonzero(~is_active).squeeze(1)
     kept = rows.data.index_select(0, inactive) if inactive is not None else None  # few rows
-    new = unit.dense(rows.map, lay.valid_map)
+    new = unit.dense(rows.map, lay.valid_map, inplace=not rows.keeps_input)
     new_rows = new.permute(0, 2, 3, 1).reshape(lay.num, -1)  # a view: the map is channels-last
     if kept is not None:
         new_rows.index_copy_(0, inactive, kept)  # inactive positions keep their value
