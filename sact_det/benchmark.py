@@ -474,18 +474,20 @@ def profile_point(cfg, height: int, width: int, target_pct: float, execution: st
     tuned_blocks = [("stem", lambda h: F.max_pool2d(tuned.stem.relu(h.contiguous(memory_format=torch.channels_last)),
                                                      3, 2, 1))]
     tuned_blocks += [(name, tuned_block(units)) for name, units in zip(tuned.names, tuned.blocks)]
-    for label, blocks in (("SACT", sact_blocks), ("tuned dense", tuned_blocks)):
-        times = {}
-        for _ in range(repeats):
+    chains = (("SACT", sact_blocks), ("tuned dense", tuned_blocks))
+    times = {label: {} for label, _ in chains}
+    for _ in range(repeats):  # the two chains in turn: both see the same machine state
+        for label, blocks in chains:
             h = x
             for name, block in blocks:
                 start = time.perf_counter()
                 h = block(h)
                 if h.is_cuda:
                     torch.cuda.synchronize()
-                times.setdefault(name, []).append(1000 * (time.perf_counter() - start))
+                times[label].setdefault(name, []).append(1000 * (time.perf_counter() - start))
+    for label, _ in chains:
         lines.append(f"  {label} block latency (ms, min of {repeats}): " +
-                     ", ".join(f"{name} {min(t):.1f}" for name, t in times.items()))
+                     ", ".join(f"{name} {min(t):.1f}" for name, t in times[label].items()))
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         sact.forward_with_sact(x, [(height, width)])
     averages = prof.key_averages()
