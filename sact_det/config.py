@@ -56,6 +56,8 @@ def add_sact_config(cfg: CN) -> None:
     # Sparse execution runs a unit as dense convolutions on the whole map (keeping
     # the active positions) when more than this share of the map is active: at such
     # densities gathering costs more than it saves. > 1: never (pure perforated).
+    # `tools/benchmark.py --crossover` measures where dense and sparse cross on a
+    # machine (0.65-0.85 per block on 2 CPU cores; BENCHMARKS.md).
     cfg.MODEL.SACT.SPARSE_MAX_ACTIVE = 0.8
     # Reference for "% of dense" in FLOP reports: the dense feature extractor of
     # this ResNet depth (same widths) at the same image size. Table 1 uses 101.

@@ -130,6 +130,27 @@ def test_perforated_equals_dense(bias, label):
         assert (border > 1).any()  # active positions on the image border
 
 
+@pytest.mark.parametrize("bias", [-10.0, -1.5])
+def test_plain_pytorch_kernels_equal_the_fused_ones(monkeypatch, bias):
+    """The plain-PyTorch forms of sact_det.sparse.kernels (CUDA, builds without
+    oneDNN), in-place dense units included, give the same block; no execution
+    writes over the caller's input."""
+    import sact_det.sparse.kernels as kernels
+
+    stage = make_stage(bias=bias, spatial_std=0.5, seed=6)
+    x = torch.randn(2, 16, 22, 26)
+    original = x.clone()
+    dense = run_dense(stage, x)
+    for max_active in (0.5, 2.0):  # with and without dense units after the first
+        fused = SparseStageExecutor(stage, "perforated", max_active)(x, None)
+        with monkeypatch.context() as patch:
+            patch.setattr(kernels, "_ENABLED", False)
+            plain = SparseStageExecutor(stage, "perforated", max_active)(x, None)
+        assert_same(dense, fused)
+        assert_same(dense, plain)
+    assert torch.equal(x, original)
+
+
 @pytest.mark.parametrize("keep_bytes", [0, 1 << 30])
 def test_perforated_in_many_chunks(monkeypatch, keep_bytes):
     """Chunked gathers and the chunked output accumulation (large maps in
