@@ -515,6 +515,8 @@ def unit_crossover(cfg, height: int, width: int, shares: Sequence[float], tile_s
     from .sparse.units import dense_unit, perforated_unit, tiled_unit
 
     device = torch.device(cfg.MODEL.DEVICE)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    shares = sorted(shares)
     _, stock = _build(cfg, device, torch.float32)
     tuned = TunedBackbone(stock)
     h = F.max_pool2d(tuned.stem.relu(benchmark_image(cfg, height, width).to(device)
@@ -539,8 +541,10 @@ def unit_crossover(cfg, height: int, width: int, shares: Sequence[float], tile_s
             for repeat in range(repeats + 1):  # the first round warms up
                 for way, fn in ways.items():
                     rows = BlockRows(layout, data.clone(), spatial=False)  # units write in place
+                    sync()
                     start = time.perf_counter()
                     fn(rows)
+                    sync()
                     if repeat:
                         times[way].append(1000 * (time.perf_counter() - start))
             record = {"block": name, "share": share, **{f"{way} ms": float(np.median(t)) for way, t in times.items()}}
@@ -552,7 +556,6 @@ def unit_crossover(cfg, height: int, width: int, shares: Sequence[float], tile_s
                 crossover[name] = low + (1.0 - r_low) * (high - low) / (r_high - r_low)
         if ratios and ratios[-1][1] < 1.0:
             crossover[name] = ratios[-1][0]
-        h = h.clone()
         for later in units[1:]:
             h = later.dense(h, inplace=True)
     return records, crossover

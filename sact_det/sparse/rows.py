@@ -204,7 +204,8 @@ class BlockRows:
         positions are active, else gathered in chunks."""
         num, output = self.layout.num, self.output
         if output is None:  # the first unit: every position
-            self._first_weight = weight if active.numel() == num else weight.new_zeros(num).index_copy_(0, active, weight)
+            full = weight if active.numel() == num else weight.new_zeros(num).index_copy_(0, active, weight)
+            self._first_weight = full
             return
         if self.written is not None and sum(p.numel() for p, _ in self.written) == active.numel():
             full = output.new_zeros(num).index_copy_(0, active, weight)
