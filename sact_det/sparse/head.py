@@ -33,9 +33,11 @@ class GatheredHeadExecutor:
     def __call__(self, pooled: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         num = pooled.shape[0]
         x = self.units[0].dense(pooled.contiguous(memory_format=torch.channels_last))  # [R, C, h, w]
+        # Units after the first write over their input: x is this executor's own
+        # map (or a gathered copy), and eq. (10) below sums pooled means, not maps.
         if not self.stage.adaptive:
             for unit in self.units[1:]:
-                x = unit.dense(x)
+                x = unit.dense(x, inplace=True)
             return (x.mean((2, 3)), torch.full((num,), len(self.units), dtype=torch.int32),
                     torch.ones((), dtype=torch.bool))
         state = HaltingState(torch.ones(num, dtype=torch.bool, device=pooled.device), self.stage.eps)
@@ -46,9 +48,9 @@ class GatheredHeadExecutor:
                 if active.numel() == 0:
                     break  # Alg. 1: every proposal has halted
                 if active.numel() == num:
-                    x = unit.dense(x)
+                    x = unit.dense(x, inplace=True)
                 else:  # gather the active proposals, run the unit, scatter back
-                    x[active] = unit.dense(x[active].contiguous(memory_format=torch.channels_last))
+                    x[active] = unit.dense(x[active].contiguous(memory_format=torch.channels_last), inplace=True)
             pooled_x = (x if active.numel() == num else x[active]).float().mean((2, 3))
             score = None  # h^L = 1, eq. (5)
             if index < len(self.units) - 1:
