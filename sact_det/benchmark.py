@@ -464,16 +464,8 @@ def profile_point(cfg, height: int, width: int, target_pct: float, execution: st
         (name, lambda h, i=index, stage=stage: (executor.stages[i] if executor else stage)(h, None).features)
         for index, (name, stage) in enumerate(zip(sact.stage_names, sact.stages))]
 
-    def tuned_block(units):
-        def run(h):
-            for unit in units:
-                h = unit.dense(h, inplace=True)
-            return h
-        return run
-
-    tuned_blocks = [("stem", lambda h: F.max_pool2d(tuned.stem.relu(h.contiguous(memory_format=torch.channels_last)),
-                                                     3, 2, 1))]
-    tuned_blocks += [(name, tuned_block(units)) for name, units in zip(tuned.names, tuned.blocks)]
+    tuned_blocks = [("stem", tuned.run_stem)] + [
+        (name, lambda h, units=units: tuned.run_units(units, h)) for name, units in zip(tuned.names, tuned.blocks)]
     chains = (("SACT", sact_blocks), ("tuned dense", tuned_blocks))
     times = {label: {} for label, _ in chains}
     for _ in range(repeats):  # the two chains in turn: both see the same machine state
@@ -519,8 +511,7 @@ def unit_crossover(cfg, height: int, width: int, shares: Sequence[float], tile_s
     shares = sorted(shares)
     _, stock = _build(cfg, device, torch.float32)
     tuned = TunedBackbone(stock)
-    h = F.max_pool2d(tuned.stem.relu(benchmark_image(cfg, height, width).to(device)
-                                     .contiguous(memory_format=torch.channels_last)), 3, 2, 1)
+    h = tuned.run_stem(benchmark_image(cfg, height, width).to(device))
     records, crossover = [], {}
     for name, units in zip(tuned.names, tuned.blocks):
         h = units[0].dense(h)  # the second unit's input
@@ -556,8 +547,7 @@ def unit_crossover(cfg, height: int, width: int, shares: Sequence[float], tile_s
                 crossover[name] = low + (1.0 - r_low) * (high - low) / (r_high - r_low)
         if ratios and ratios[-1][1] < 1.0:
             crossover[name] = ratios[-1][0]
-        for later in units[1:]:
-            h = later.dense(h, inplace=True)
+        h = tuned.run_units(units[1:], h)
     return records, crossover
 
 

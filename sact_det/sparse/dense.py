@@ -40,12 +40,22 @@ class TunedBackbone(Backbone):
     def output_shape(self) -> Dict[str, ShapeSpec]:
         return self._shapes
 
+    def run_stem(self, x: torch.Tensor) -> torch.Tensor:
+        """The stem (convolution, ReLU, max pooling) on an image batch, channels-last."""
+        return F.max_pool2d(self.stem.relu(x.contiguous(memory_format=torch.channels_last)), 3, 2, 1)
+
+    @staticmethod
+    def run_units(units, x: torch.Tensor) -> torch.Tensor:
+        """``units`` in turn; identity units write over their input."""
+        for unit in units:
+            x = unit.dense(x, inplace=True)
+        return x
+
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        x = F.max_pool2d(self.stem.relu(x.contiguous(memory_format=torch.channels_last)), 3, 2, 1)
+        x = self.run_stem(x)
         outputs = {}
         for name, units in zip(self.names, self.blocks):
-            for unit in units:
-                x = unit.dense(x, inplace=True)
+            x = self.run_units(units, x)
             if name in self._out_features:
                 outputs[name] = x
         return outputs

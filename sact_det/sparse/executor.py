@@ -75,7 +75,7 @@ class SparseStageExecutor:
         spatial = stage.halting_type == "sact"
         out = first.dense(x.contiguous(memory_format=torch.channels_last), valid)  # Alg. 2, l = 1: dense
         rows = BlockRows(layout, out.permute(0, 2, 3, 1).reshape(layout.num, -1), spatial)
-        executed = dense_unit_flops(stage.units[0], tuple(x.shape[-2:]))[0] * batch
+        executed = dense_unit_flops(self.stage_units[0], tuple(x.shape[-2:]))[0] * batch
         del x, out
         tiles = layout.tiles(stage.tile_size) if spatial and stage.tile_size > 1 else None
 

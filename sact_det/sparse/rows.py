@@ -121,12 +121,13 @@ class BlockRows:
         term of eq. 10 is not summed yet): the unit must not write over them."""
         return self._first_weight is not None
 
-    def _sum_first_term(self, rows: torch.Tensor, reuse: bool) -> None:
+    def _sum_first_term(self, reuse: bool) -> None:
+        """``output = p^1 x^1`` from the current rows (x^1); ``reuse``: in their memory."""
         weight, self._first_weight = self._first_weight[:, None], None
-        if reuse and rows.dtype == torch.float32:
-            self.output = rows.mul_(weight)
+        if reuse and self.data.dtype == torch.float32:
+            self.output = self.data.mul_(weight)
         else:
-            self.output = rows.float() * weight
+            self.output = self.data.float() * weight
 
     @property
     def map(self) -> torch.Tensor:
@@ -137,7 +138,7 @@ class BlockRows:
     def replace(self, rows: torch.Tensor) -> None:
         """After a unit rewrote every row (into a new tensor or over the old rows)."""
         if self._first_weight is not None:
-            self._sum_first_term(self.data, reuse=True)
+            self._sum_first_term(reuse=True)
         self.data, self.pooled, self.written = rows, None, None
 
     def begin_unit(self, halting: Optional[FoldedHalting]) -> None:
@@ -149,7 +150,7 @@ class BlockRows:
         """New rows at ``positions`` (whose previous rows are ``old``)."""
         lay = self.layout
         if self._first_weight is not None:  # the rows change in place: sum the first term before
-            self._sum_first_term(self.data, reuse=False)
+            self._sum_first_term(reuse=False)
         if self.pooled is not None:
             if lay.batch == 1:  # two column sums: no [A, C] temporary
                 self.pooled[0] += (new.sum(0, dtype=torch.float32) - old.sum(0, dtype=torch.float32)) / lay.count[0]
@@ -224,5 +225,5 @@ class BlockRows:
     def block_output(self) -> torch.Tensor:
         """The block output of eq. (10) as rows ``[P, C]`` in the rows' dtype."""
         if self._first_weight is not None:  # only the first unit ran: its rows are no longer needed
-            self._sum_first_term(self.data, reuse=True)
+            self._sum_first_term(reuse=True)
         return self.output.to(self.data.dtype)
