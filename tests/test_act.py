@@ -1,13 +1,13 @@
-"""The ACT/SACT math of sections 2.2-2.3 (sact_det.act), property by property."""
+"""The ACT/SACT math of sections 2.2-2.3 (sact_det.modeling.sact.act), property by property."""
 import ast
 import os
 
 import pytest
 import torch
 
-from sact_det.act import HaltingState, halting_distribution
+from sact_det.modeling.sact.act import HaltingState, halting_distribution
 
-ACT_SOURCE = os.path.join(os.path.dirname(__file__), "..", "sact_det", "act.py")
+ACT_SOURCE = os.path.join(os.path.dirname(__file__), "..", "sact_det", "modeling", "sact", "act.py")
 
 
 def test_math_module_is_pure_pytorch():

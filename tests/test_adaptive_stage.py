@@ -1,4 +1,4 @@
-"""An adaptive block of Detectron2 residual units (sact_det.adaptive_stage)."""
+"""An adaptive block of Detectron2 residual units (sact_det.modeling.sact.adaptive_stage)."""
 import copy
 
 import pytest
@@ -7,7 +7,7 @@ from torch import nn
 
 from detectron2.modeling.backbone.resnet import BottleneckBlock, ResNet
 
-from sact_det.adaptive_stage import AdaptiveStage
+from sact_det.modeling.sact.adaptive_stage import AdaptiveStage
 
 
 def make_units(num_units=4, in_channels=16, channels=32, norm="FrozenBN", seed=0):

@@ -3,14 +3,13 @@ import re
 
 import pytest
 import torch
+from conftest import config_path, load_tool, tiny_cfg
 
 from detectron2.modeling import build_model
 from detectron2.utils.analysis import FlopCountAnalysis
 
-from sact_det.analysis import analyze_model, parameter_table
-from sact_det.report import SACTReport
-
-from conftest import config_path, load_tool, tiny_cfg
+from sact_det.apps.analysis import analyze_model, parameter_table
+from sact_det.modeling.report import SACTReport
 
 
 def table_value(text: str, row: str, column: int = 1) -> str:

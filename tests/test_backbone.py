@@ -1,19 +1,18 @@
 """The SACT ResNet backbone against Detectron2's own ResNet, and its FLOP accounting."""
 import pytest
 import torch
-from fvcore.nn import FlopCountAnalysis
+from conftest import config_path, tiny_cfg
+from test_adaptive_stage import make_units
 
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_backbone
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
+from fvcore.nn import FlopCountAnalysis
 
 from sact_det import get_sact_cfg
-from sact_det.adaptive_stage import AdaptiveStage, StageOutput
-from sact_det.flops import stage_flops
-from sact_det.report import build_reports
-
-from conftest import config_path, tiny_cfg
-from test_adaptive_stage import make_units
+from sact_det.modeling.flops import stage_flops
+from sact_det.modeling.report import build_reports
+from sact_det.modeling.sact.adaptive_stage import AdaptiveStage, StageOutput
 
 
 def r101_cfg(*opts):

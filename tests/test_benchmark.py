@@ -3,17 +3,19 @@ import math
 
 import pytest
 import torch
-
-from sact_det.benchmark import (_build, benchmark_image, calibrate, flops_pct, peak_memory_mb, profile_point,
-                                run_benchmark, set_halting_profile)
-from sact_det.sparse.dense import TunedBackbone, tune_detector
-
 from conftest import tiny_cfg
+
+from sact_det.apps.benchmark.models import build_compared_models
+from sact_det.apps.benchmark.points import benchmark_image, calibrate, flops_pct, set_halting_profile
+from sact_det.apps.benchmark.profile import profile_point
+from sact_det.apps.benchmark.runner import run_benchmark
+from sact_det.apps.benchmark.timing import peak_memory_mb
+from sact_det.apps.benchmark.tuned import TunedBackbone, tune_detector
 
 
 def test_calibration_reaches_the_operating_point():
     cfg = tiny_cfg()
-    model, _ = _build(cfg, torch.device("cpu"), torch.float32)
+    model, _ = build_compared_models(cfg, torch.device("cpu"), torch.float32)
     backbone = model.backbone
     x = benchmark_image(cfg, 96, 128)
     set_halting_profile(backbone, x)
@@ -58,15 +60,15 @@ def test_rows_for_every_execution_point_and_the_detector():
 
 def test_tuned_dense_networks_equal_detectron2s():
     cfg = tiny_cfg("MODEL.SACT.TYPE", "none", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0")
-    from sact_det.benchmark import _detectron2_detector
+    from sact_det.apps.benchmark.models import detectron2_detector
 
-    model, stock = _build(cfg, torch.device("cpu"), torch.float32)
+    model, stock = build_compared_models(cfg, torch.device("cpu"), torch.float32)
     x = torch.randn(1, 3, 96, 128)
     with torch.no_grad():
         reference = stock(x)["res4"]
         difference = (TunedBackbone(stock)(x)["res4"] - reference).abs().max() / reference.abs().max()
         assert difference < 1e-5
-        d2 = _detectron2_detector(cfg, model, torch.device("cpu"), torch.float32)
+        d2 = detectron2_detector(cfg, model, torch.device("cpu"), torch.float32)
         inputs = [{"image": torch.rand(3, 96, 128) * 255}]
         expected = d2(inputs)[0]["instances"]
         tuned = tune_detector(d2)(inputs)[0]["instances"]
@@ -94,7 +96,8 @@ def test_detector_in_half_precision_is_refused_with_a_reason():
 
 
 def test_crossover_times_every_block_and_share():
-    from sact_det.benchmark import crossover_table, unit_crossover
+    from sact_det.apps.benchmark.crossover import unit_crossover
+    from sact_det.apps.benchmark.tables import crossover_table
 
     records, crossover = unit_crossover(tiny_cfg(), 96, 128, [0.2, 1.0], tile_size=4, repeats=1)
     assert [(r["block"], r["share"]) for r in records] == [(b, s) for b in ("res2", "res3", "res4")

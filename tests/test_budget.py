@@ -2,14 +2,13 @@
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, tiny_cfg
 
 from detectron2.modeling import build_model
 
-from sact_det.budget import BudgetError, run_budget_search
-from sact_det.halting import set_test_halting_offset
-from sact_det.report import build_reports
-
-from conftest import REPO, tiny_cfg
+from sact_det.apps.budget import BudgetError, run_budget_search
+from sact_det.modeling.report import build_reports
+from sact_det.modeling.sact.halting import set_test_halting_offset
 
 
 def mixed_model(*opts):

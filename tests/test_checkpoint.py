@@ -4,14 +4,13 @@ import re
 
 import pytest
 import torch
+from conftest import tiny_cfg
 
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 
-from sact_det.checkpoint import CheckpointMismatchError, SACTCheckpointer
-
-from conftest import tiny_cfg
+from sact_det.engine.checkpoint import CheckpointMismatchError, SACTCheckpointer
 
 
 def imagenet_resnet_state(cfg):

@@ -4,16 +4,17 @@ import os
 import shutil
 
 import pytest
+from conftest import config_path, tiny_cfg
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from sact_det.data import check_datasets_exist, register_config_datasets
+from sact_det.data.build import training_dataset_dicts
 from sact_det.data.datasets import coco_category_names
 from sact_det.data.synthetic import split_paths
-from sact_det.engine import SACTTrainer, argument_parser, main, setup, training_dataset_dicts
-from sact_det.tools_common import load_config
-
-from conftest import config_path, tiny_cfg
+from sact_det.engine.defaults import load_config, setup
+from sact_det.engine.train_net import argument_parser, main
+from sact_det.engine.trainer import SACTTrainer
 
 
 @pytest.fixture

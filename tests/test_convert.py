@@ -5,13 +5,12 @@ import pickle
 import pytest
 import torch
 import torchvision
+from conftest import load_tool, tiny_cfg
 
 from detectron2.modeling import build_model
 
-from sact_det.checkpoint import SACTCheckpointer
-from sact_det.torchvision_weights import TORCHVISION_CONFIG
-
-from conftest import load_tool, tiny_cfg
+from sact_det.apps.torchvision_weights import TORCHVISION_CONFIG
+from sact_det.engine.checkpoint import SACTCheckpointer
 
 R50 = ("MODEL.RESNETS.DEPTH", "50", "MODEL.RESNETS.NORM", "FrozenBN", "MODEL.SACT.TYPE", "none",
        "MODEL.RESNETS.STEM_OUT_CHANNELS", "64", "MODEL.RESNETS.RES2_OUT_CHANNELS", "256",

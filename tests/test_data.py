@@ -8,8 +8,8 @@ import pytest
 from detectron2.data import DatasetCatalog
 
 from sact_det.data import ensure_synthetic, register_synthetic
-from sact_det.data.synthetic import (BACKGROUND_STYLES, DATASET_VERSION, MIN_VISIBLE, OBJECT_STYLES,
-                                     generate_split, render_image, split_paths)
+from sact_det.data.synthetic import (BACKGROUND_STYLES, DATASET_VERSION, MIN_VISIBLE, OBJECT_STYLES, generate_split,
+                                     render_image, split_paths)
 
 
 def load(root, split):

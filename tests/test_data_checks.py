@@ -9,19 +9,20 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, tiny_cfg
 from PIL import Image
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.structures import BoxMode
 
-from sact_det.checkpoint import SACTCheckpointer
 from sact_det.data import datasets as datasets_module
 from sact_det.data.annotations import boxes_for_training, validate_on_load
+from sact_det.data.build import training_dataset_dicts
 from sact_det.data.images import read_image_rgb
-from sact_det.engine import ReportingDatasetMapper, SACTTrainer, training_dataset_dicts
-
-from conftest import REPO, tiny_cfg
+from sact_det.data.mapper import ReportingDatasetMapper
+from sact_det.engine.checkpoint import SACTCheckpointer
+from sact_det.engine.trainer import SACTTrainer
 
 
 def coco_file(path, annotations, images=None, categories=None):

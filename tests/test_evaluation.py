@@ -4,17 +4,16 @@ import json
 import numpy as np
 import pytest
 import torch
-from fvcore.nn import FlopCountAnalysis
+from conftest import tiny_cfg
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
+from fvcore.nn import FlopCountAnalysis
 
-from sact_det.engine import SACTTrainer
-from sact_det.evaluation import REPORT_FILE, SACTEvaluator
-
-from conftest import tiny_cfg
+from sact_det.engine.trainer import SACTTrainer
+from sact_det.evaluation.evaluator import REPORT_FILE, SACTEvaluator
 
 
 def evaluate(cfg, output_dir):

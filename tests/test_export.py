@@ -1,17 +1,16 @@
-"""TorchScript export (sact_det.export, tools/deploy/export_model.py)."""
+"""TorchScript export (sact_det.apps.export, tools/deploy/export_model.py)."""
 import json
 import os
 import warnings
 
 import pytest
 import torch
+from conftest import config_path, load_tool, tiny_cfg
 
 from detectron2.modeling import build_model
 
-from sact_det.adaptive_stage import every_unit_evaluated
-from sact_det.export import ExportError, export_torchscript, output_names, traceable_inference
-
-from conftest import config_path, load_tool, tiny_cfg
+from sact_det.apps.export import ExportError, export_torchscript, output_names, traceable_inference
+from sact_det.modeling.sact.adaptive_stage import every_unit_evaluated
 
 
 def image(seed, height, width, low, high):
@@ -84,7 +83,7 @@ def test_tracing_keeps_the_early_stop_without_the_flag():
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         frozen = torch.jit.trace(ponder, (x_bright,), check_trace=False)
-        with every_unit_evaluated():
+        with every_unit_evaluated(stage):
             dense = torch.jit.trace(ponder, (x_bright,), check_trace=False)
         eager = ponder(x_dark)
         assert eager.min() > 2.5  # all three units everywhere on the dark image

@@ -4,13 +4,12 @@ from contextlib import contextmanager
 
 import pytest
 import torch
+from conftest import config_path, tiny_cfg
 
 from detectron2.modeling import build_model
 
-from sact_det.engine import command_line
-from sact_det.tools_common import NonFiniteOutputError
-
-from conftest import config_path, tiny_cfg
+from sact_det.engine.train_net import command_line
+from sact_det.utils.errors import NonFiniteOutputError
 
 
 @pytest.fixture(scope="module")

@@ -4,11 +4,10 @@ import os
 
 import matplotlib.pyplot as plt
 import pytest
+from conftest import load_tool
 from PIL import Image
 
-from sact_det.curves import metric_series, metrics_figure, panel_keys, read_metrics
-
-from conftest import load_tool
+from sact_det.apps.curves import metric_series, metrics_figure, panel_keys, read_metrics
 
 
 def write_run(folder, iterations=range(19, 200, 20), ap_every=100, lr=0.02, truncated=False):

@@ -4,15 +4,14 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_cfg
 
 from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
 
-from sact_det.predictor import SACTPredictor
-from sact_det.report import SACTReport
-from sact_det.visualization import visualize
-
-from conftest import tiny_cfg
+from sact_det.apps.visualization import visualize
+from sact_det.engine.predictor import SACTPredictor
+from sact_det.modeling.report import SACTReport
 
 
 @pytest.fixture(scope="module")

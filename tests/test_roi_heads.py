@@ -1,19 +1,18 @@
-"""The block-4 box head (sact_det.roi_heads): ACT over proposals, whole-detector FLOPs."""
+"""The block-4 box head (sact_det.modeling.roi_heads): ACT over proposals, whole-detector FLOPs."""
 import copy
 import logging
 import math
 
 import pytest
 import torch
+from conftest import tiny_cfg
 
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils.analysis import FlopCountAnalysis
 from detectron2.utils.events import EventStorage
 
-from sact_det.checkpoint import SACTCheckpointer
-
-from conftest import tiny_cfg
+from sact_det.engine.checkpoint import SACTCheckpointer
 
 
 def act_head_model(*opts, spread=2.0, seed=0):

@@ -9,13 +9,13 @@ import time
 
 import pytest
 import torch
+from conftest import REPO, StopAfter, config_path, tiny_cfg
 
 from detectron2.engine import HookBase
 from detectron2.utils.env import seed_all_rng
 
-from sact_det.engine import SACTTrainer, TrainingDivergedError, argument_parser, main
-
-from conftest import REPO, StopAfter, config_path, tiny_cfg
+from sact_det.engine.train_net import argument_parser, main
+from sact_det.engine.trainer import SACTTrainer, TrainingDivergedError
 
 TINY = config_path("synthetic/sact_tiny.yaml")
 # tiny_cfg's test sizes as command-line overrides, no evaluation at the end.

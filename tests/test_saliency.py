@@ -1,4 +1,4 @@
-"""Saliency evaluation (sact_det.saliency, tools/eval_saliency.py) and object agreement."""
+"""Saliency evaluation (sact_det.evaluation.saliency, tools/eval_saliency.py) and object agreement."""
 import json
 import os
 import sys
@@ -7,14 +7,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, config_path
 from scipy.io import savemat
 from scipy.stats import mannwhitneyu
 
-from sact_det.maps import image_to_grid
-from sact_det.metrics import auc_judd, object_auc, object_mask, roc_auc
-from sact_det.saliency import center_baseline, evaluate_cat2000, load_fixations, postprocess
-
-from conftest import REPO, config_path
+from sact_det.evaluation.metrics import auc_judd, object_auc, object_mask, roc_auc
+from sact_det.evaluation.saliency import center_baseline, evaluate_cat2000, load_fixations, postprocess
+from sact_det.modeling.maps import image_to_grid
 
 sys.path.insert(0, os.path.join(REPO, "tools"))
 import eval_saliency  # noqa: E402

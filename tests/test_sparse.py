@@ -1,20 +1,19 @@
-"""Sparse execution (sact_det.sparse) equals the dense masked computation."""
+"""Sparse execution (sact_det.modeling.sparse) equals the dense masked computation."""
 import copy
 
 import pytest
 import torch
+from conftest import tiny_cfg
 from torch.nn import functional as F
 
 from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
 from detectron2.modeling.backbone.resnet import BottleneckBlock, ResNet
 
-from sact_det.adaptive_stage import AdaptiveStage
-from sact_det.flops import stage_flops
-from sact_det.halting import tile_average
-from sact_det.sparse import SparseStageExecutor, fold_conv_norm
-
-from conftest import tiny_cfg
+from sact_det.modeling.flops import stage_flops
+from sact_det.modeling.sact.adaptive_stage import AdaptiveStage
+from sact_det.modeling.sact.halting import tile_average
+from sact_det.modeling.sparse import SparseStageExecutor, fold_conv_norm
 
 
 def make_stage(halting_type="sact", num_units=5, bias=-1.5, spatial_std=0.05, tile_size=1, seed=0,
@@ -131,11 +130,11 @@ def test_perforated_equals_dense(bias, label):
 
 
 @pytest.mark.parametrize("bias", [-10.0, -1.5])
-def test_plain_pytorch_kernels_equal_the_fused_ones(monkeypatch, bias):
-    """The plain-PyTorch forms of sact_det.sparse.kernels (CUDA, builds without
+def test_plain_pytorch_kernels_equal_the_fused_ones(bias):
+    """The plain-PyTorch forms of sact_det.modeling.sparse.kernels (CUDA, builds without
     oneDNN), in-place dense units included, give the same block; no execution
     writes over the caller's input."""
-    import sact_det.sparse.kernels as kernels
+    import sact_det.modeling.sparse.kernels as kernels
 
     stage = make_stage(bias=bias, spatial_std=0.5, seed=6)
     x = torch.randn(2, 16, 22, 26)
@@ -143,8 +142,8 @@ def test_plain_pytorch_kernels_equal_the_fused_ones(monkeypatch, bias):
     dense = run_dense(stage, x)
     for max_active in (0.5, 2.0):  # with and without dense units after the first
         fused = SparseStageExecutor(stage, "perforated", max_active)(x, None)
-        with monkeypatch.context() as patch:
-            patch.setattr(kernels, "_ENABLED", False)
+        with torch.backends.mkldnn.flags(enabled=False):
+            assert not kernels.fused_available(x)
             plain = SparseStageExecutor(stage, "perforated", max_active)(x, None)
         assert_same(dense, fused)
         assert_same(dense, plain)
@@ -155,7 +154,7 @@ def test_plain_pytorch_kernels_equal_the_fused_ones(monkeypatch, bias):
 def test_perforated_in_many_chunks(monkeypatch, keep_bytes):
     """Chunked gathers and the chunked output accumulation (large maps in
     practice), with and without the new rows kept for the accumulation."""
-    import sact_det.sparse.rows as sparse_module
+    import sact_det.modeling.sparse.rows as sparse_module
 
     monkeypatch.setattr(sparse_module, "_CHUNK_BYTES", 1)  # the minimum: 256 rows per chunk
     monkeypatch.setattr(sparse_module, "_KEEP_BYTES", keep_bytes)
@@ -311,7 +310,7 @@ def test_a_rounding_difference_flips_positions_at_the_threshold_only(monkeypatch
     """A deterministic stand-in for rounding: the sparse halting logits moved by
     5e-4 (scores by ~5e-6, inside the threshold band) flip exactly the forced
     positions, and features and ponder maps stay equal out of their reach."""
-    from sact_det.sparse.folding import FoldedHalting
+    from sact_det.modeling.sparse.folding import FoldedHalting
 
     stage = make_stage(spatial_std=0.5, seed=11)
     x = torch.randn(2, 16, 22, 26)

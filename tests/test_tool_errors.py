@@ -4,10 +4,9 @@ import os
 import sys
 
 import pytest
-
-from sact_det.engine import command_line
-
 from conftest import REPO, config_path
+
+from sact_det.engine.train_net import command_line
 
 sys.path.insert(0, os.path.join(REPO, "tools"))
 import benchmark  # noqa: E402

@@ -1,10 +1,10 @@
-"""The trade-off ladder (sact_det.tradeoff): runs end to end, skips finished members, survives failures."""
+"""The trade-off ladder (sact_det.apps.tradeoff): runs end to end, skips finished members, survives failures."""
 import json
 import os
 
-from sact_det.tradeoff import Member, STATE_FILE, default_ladder, run_ladder, run_tradeoff
-
 from conftest import tiny_cfg
+
+from sact_det.apps.tradeoff import STATE_FILE, Member, default_ladder, run_ladder, run_tradeoff
 
 # tiny_cfg's test-size overrides, for every member's tools/train_net.py process
 SMALL = ["MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "192",

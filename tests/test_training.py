@@ -7,15 +7,15 @@ import sys
 
 import pytest
 import torch
+from conftest import REPO, StopAfter, config_path, tiny_cfg
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import HookBase, default_argument_parser
 from detectron2.modeling import build_model
 
 from sact_det import get_sact_cfg
-from sact_det.engine import SACTTrainer, TrainingDivergedError, main
-
-from conftest import REPO, StopAfter, config_path, tiny_cfg
+from sact_det.engine.train_net import main
+from sact_det.engine.trainer import SACTTrainer, TrainingDivergedError
 
 
 def train_cfg(output_dir, *opts):
@@ -131,7 +131,7 @@ def test_divergence_stops_with_the_last_good_checkpoint(synthetic_root, tmp_path
 
 
 def test_unreadable_training_image_is_skipped_and_named(synthetic_root, tmp_path, caplog):
-    from sact_det.engine import ReportingDatasetMapper
+    from sact_det.data.mapper import ReportingDatasetMapper
 
     cfg = train_cfg(tmp_path)
     bad = tmp_path / "broken.jpg"

@@ -6,10 +6,9 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
-from sact_det.predictor import SACTPredictor
-
 from conftest import config_path, load_tool, tiny_cfg
+
+from sact_det.engine.predictor import SACTPredictor
 
 CONFIG = config_path("synthetic/sact_tiny.yaml")
 
@@ -82,7 +81,7 @@ def test_unreadable_video_leaves_nothing(predictor, tmp_path, monkeypatch, capsy
 
 
 def test_failure_midway_leaves_no_partial_files(predictor, clip, tmp_path, monkeypatch):
-    from sact_det import video
+    from sact_det.apps import video
 
     calls, original = [], predictor.ponder_output
 

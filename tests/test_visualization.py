@@ -1,4 +1,4 @@
-"""Ponder cost overlays (sact_det.visualization, tools/visualize_ponder.py)."""
+"""Ponder cost overlays (sact_det.apps.visualization, tools/visualize_ponder.py)."""
 import csv
 import os
 import sys
@@ -8,19 +8,18 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, tiny_cfg
 from PIL import Image
 
 from detectron2.data import MetadataCatalog
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.visualizer import Visualizer
 
-from sact_det.maps import map_to_image
+from sact_det.apps.visualization import PonderVisualization, colorize, visualize, visualize_files
 from sact_det.data.images import read_image_rgb
-from sact_det.predictor import SACTPredictor
-from sact_det.report import SACTReport
-from sact_det.visualization import PonderVisualization, colorize, visualize, visualize_files
-
-from conftest import REPO, tiny_cfg
+from sact_det.engine.predictor import SACTPredictor
+from sact_det.modeling.maps import map_to_image
+from sact_det.modeling.report import SACTReport
 
 sys.path.insert(0, os.path.join(REPO, "tools"))
 import visualize_ponder  # noqa: E402

@@ -3,13 +3,12 @@ import os
 
 import numpy as np
 import pytest
+from conftest import config_path, load_tool, tiny_cfg
 from PIL import Image
 
 from detectron2.data import DatasetCatalog
 
-from sact_det.browse import annotation_images
-
-from conftest import config_path, load_tool, tiny_cfg
+from sact_det.apps.browse import annotation_images
 
 CONFIG = config_path("synthetic/sact_tiny.yaml")
 

@@ -16,8 +16,9 @@ import sys
 
 from detectron2.utils.logger import setup_logger
 
-from sact_det.analysis import TASKS, analyze_model
-from sact_det.tools_common import ToolParser, add_config_arguments, image_size, load_config, positive_int, run_tool
+from sact_det.apps.analysis import TASKS, analyze_model
+from sact_det.engine.defaults import load_config
+from sact_det.utils.cli import ToolParser, add_config_arguments, image_size, positive_int, run_tool
 
 
 def main(argv=None) -> int:

@@ -21,12 +21,16 @@ from datetime import date
 
 import torch
 
-from sact_det.benchmark import (crossover_table, machine_description, markdown_table, profile_point, rows_as_dicts,
-                               run_benchmark, unit_crossover)
-from sact_det.tools_common import (ToolParser, atomic_path, existing_file, image_size, load_config,
-                                   non_negative_int, output_file, positive_float, positive_int, run_tool)
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from sact_det.apps.benchmark.crossover import unit_crossover
+from sact_det.apps.benchmark.profile import profile_point
+from sact_det.apps.benchmark.runner import run_benchmark
+from sact_det.apps.benchmark.tables import crossover_table, markdown_table, rows_as_dicts
+from sact_det.apps.benchmark.timing import machine_description
+from sact_det.config import get_config_file
+from sact_det.engine.defaults import load_config
+from sact_det.utils.cli import (ToolParser, existing_file, image_size, non_negative_int, output_file, positive_float,
+                                positive_int, run_tool)
+from sact_det.utils.files import atomic_path
 
 
 def flops_point(text: str):
@@ -51,7 +55,7 @@ def active_share(text: str) -> float:
 def build_parser():
     parser = ToolParser(__doc__)
     parser.add_argument("--config-file", type=existing_file, metavar="FILE",
-                        default=os.path.join(ROOT, "configs", "sact_faster_rcnn.yaml"))
+                        default=get_config_file("sact_faster_rcnn.yaml"))
     parser.add_argument("--weights", default="", help="trained weights (default: random, seeded)")
     parser.add_argument("--sizes", nargs="+", type=image_size, default=[(600, 800)], help="HxW of the input image")
     parser.add_argument("--points", nargs="+", type=flops_point, default=[100.0, 75.0, 56.0, 40.0, 25.0],
@@ -96,7 +100,7 @@ def main(argv=None) -> int:
 
     def benchmark():
         print(f"# {date.today()} | torch {torch.__version__} | {machine_description(torch.device(args.device))} | "
-              f"{dtype} | config {os.path.relpath(args.config_file, ROOT)}")
+              f"{dtype} | config {args.config_file}")
         if args.crossover:
             records, crossover = unit_crossover(cfg, *args.sizes[0], args.crossover, args.tile_size, args.repeats)
             print(crossover_table(records, crossover))

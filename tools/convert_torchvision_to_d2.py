@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Converts a torchvision ImageNet ResNet checkpoint to a Detectron2 .pkl that
 sact-det loads with MODEL.WEIGHTS (our own converter; see
-sact_det/torchvision_weights.py for the name mapping).
+sact_det/apps/torchvision_weights.py for the name mapping).
 
     python -c "import torch, torchvision; torch.save(torchvision.models.resnet50(weights=None).state_dict(), 'r50.pth')"
     python tools/convert_torchvision_to_d2.py r50.pth R-50-torchvision.pkl
@@ -11,8 +11,8 @@ normalisation, stride in the 3x3 convolution).
 """
 import sys
 
-from sact_det.tools_common import ToolParser, existing_file, output_file, run_tool
-from sact_det.torchvision_weights import TORCHVISION_CONFIG, convert_torchvision_checkpoint
+from sact_det.apps.torchvision_weights import TORCHVISION_CONFIG, convert_torchvision_checkpoint
+from sact_det.utils.cli import ToolParser, existing_file, output_file, run_tool
 
 
 def main(argv=None) -> int:

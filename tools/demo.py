@@ -9,8 +9,9 @@ overlays for a few validation images.
 import argparse
 import sys
 
-from sact_det.demo import DEMO_CONFIG, run_demo
-from sact_det.tools_common import ToolParser, existing_file, load_config, non_negative_int, output_dir, run_tool
+from sact_det.apps.demo import DEMO_CONFIG, run_demo
+from sact_det.engine.defaults import load_config
+from sact_det.utils.cli import ToolParser, existing_file, non_negative_int, output_dir, run_tool
 
 
 def main(argv=None) -> int:

@@ -19,13 +19,17 @@ import json
 import os
 import sys
 
-from sact_det.predictor import SACTPredictor
-from sact_det.saliency import evaluate_cat2000, index_cat2000, saliency_figure
-from sact_det.tools_common import (ToolParser, add_config_arguments, atomic_path, load_config, non_negative_float,
-                                   non_negative_int, output_dir, positive_int, run_tool)
 import matplotlib.pyplot as plt
-from detectron2.utils.logger import setup_logger
 from tqdm import tqdm
+
+from detectron2.utils.logger import setup_logger
+
+from sact_det.engine.defaults import load_config
+from sact_det.engine.predictor import SACTPredictor
+from sact_det.evaluation.saliency import evaluate_cat2000, index_cat2000, saliency_figure
+from sact_det.utils.cli import (ToolParser, add_config_arguments, non_negative_float, non_negative_int, output_dir,
+                                positive_int, run_tool)
+from sact_det.utils.files import atomic_path
 
 
 def build_parser():

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """The GPU check of sact-det (correctness, feature-extractor and detector latency,
-training), in priority order within a time budget; see sact_det/gpu_check.py.
+training), in priority order within a time budget; see sact_det/apps/gpu_check.py.
 
     python tools/gpu_check.py --out gpu_out                        # on a GPU machine
     python tools/gpu_check.py --out /tmp/dry --device cpu --sizes 96x128 --repeats 1 --train-size 128 \
@@ -10,8 +10,8 @@ import sys
 
 import torch
 
-from sact_det.gpu_check import run_gpu_check
-from sact_det.tools_common import ToolParser, image_size, output_dir, positive_float, positive_int
+from sact_det.apps.gpu_check import run_gpu_check
+from sact_det.utils.cli import ToolParser, image_size, output_dir, positive_float, positive_int
 
 
 def main(argv=None) -> int:

@@ -10,11 +10,12 @@ benchmark. A budget that no offset reaches is an error that gives the range.
 """
 import sys
 
-from sact_det.budget import format_points, run_budget_search
-from sact_det.data import ensure_synthetic, SYNTHETIC_SPLITS
-from sact_det.tools_common import (ToolParser, add_config_arguments, load_config, non_negative_int, positive_float,
-                                   run_tool)
 from detectron2.utils.logger import setup_logger
+
+from sact_det.apps.budget import format_points, run_budget_search
+from sact_det.data import SYNTHETIC_SPLITS, ensure_synthetic
+from sact_det.engine.defaults import load_config
+from sact_det.utils.cli import ToolParser, add_config_arguments, non_negative_int, positive_float, run_tool
 
 
 def main(argv=None) -> int:

@@ -11,7 +11,7 @@ see datasets/README.md).
 import sys
 
 from sact_det.data import default_synthetic_root, generate_dataset
-from sact_det.tools_common import ToolParser, non_negative_int, output_dir, positive_int, run_tool
+from sact_det.utils.cli import ToolParser, non_negative_int, output_dir, positive_int, run_tool
 
 
 def main(argv=None) -> int:

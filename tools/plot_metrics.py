@@ -8,8 +8,8 @@ rate, and the evaluations' box AP (bbox/AP) and FLOPs (sact/FLOPs_pct).
 """
 import sys
 
-from sact_det.curves import plot_metrics
-from sact_det.tools_common import ToolParser, output_file, run_tool
+from sact_det.apps.curves import plot_metrics
+from sact_det.utils.cli import ToolParser, output_file, run_tool
 
 
 def main(argv=None) -> int:

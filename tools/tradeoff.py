@@ -14,10 +14,13 @@ import argparse
 import os
 import sys
 
-from sact_det.data import ensure_synthetic
-from sact_det.tools_common import ToolParser, load_config, output_dir, positive_int, run_tool
-from sact_det.tradeoff import ROOT, Member, markdown_table, run_tradeoff
 from detectron2.utils.logger import setup_logger
+
+from sact_det.apps.tradeoff import Member, markdown_table, run_tradeoff
+from sact_det.config import get_config_file
+from sact_det.data import ensure_synthetic
+from sact_det.engine.defaults import load_config
+from sact_det.utils.cli import ToolParser, output_dir, positive_int, run_tool
 
 
 def main(argv=None) -> int:
@@ -33,7 +36,7 @@ def main(argv=None) -> int:
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides for every member")
     args = parser.parse_args(argv)
     if args.opts:  # the same overrides for every member: checked once, before hours of training
-        load_config(os.path.join(ROOT, Member.config), args.opts, parser)
+        load_config(get_config_file(Member.config), args.opts, parser)
 
     def tradeoff():
         setup_logger(name="sact_det")

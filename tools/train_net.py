@@ -5,7 +5,7 @@
     python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS model_final.pth
     python tools/train_net.py --config-file CFG --resume          # continue in OUTPUT_DIR
 """
-from sact_det.engine import command_line
+from sact_det.engine.train_net import command_line
 
 if __name__ == "__main__":
     command_line()  # exits with the run's status

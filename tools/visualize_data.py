@@ -13,9 +13,9 @@ import sys
 
 from detectron2.utils.logger import setup_logger
 
-from sact_det.browse import SOURCES, browse_dataset
-from sact_det.tools_common import (ToolParser, add_config_arguments, load_config, output_dir, positive_int,
-                                   run_tool)
+from sact_det.apps.browse import SOURCES, browse_dataset
+from sact_det.engine.defaults import load_config
+from sact_det.utils.cli import ToolParser, add_config_arguments, output_dir, positive_int, run_tool
 
 
 def main(argv=None) -> int:

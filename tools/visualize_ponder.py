@@ -16,12 +16,14 @@ ponder heat map, one colour scale for the whole video) and <name>_ponder.csv
 """
 import sys
 
-from sact_det.predictor import SACTPredictor
-from sact_det.tools_common import (ToolParser, add_config_arguments, check_range, existing_file, load_config,
-                                   output_dir, probability, run_tool)
-from sact_det.video import visualize_video
-from sact_det.visualization import visualize_files
 from detectron2.utils.logger import setup_logger
+
+from sact_det.apps.video import visualize_video
+from sact_det.apps.visualization import visualize_files
+from sact_det.engine.defaults import load_config
+from sact_det.engine.predictor import SACTPredictor
+from sact_det.utils.cli import (ToolParser, add_config_arguments, check_range, existing_file, output_dir, probability,
+                                run_tool)
 
 
 def build_parser():

@@ -24,7 +24,7 @@ from typing import Callable, Dict, List
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
-from ..tools_common import InputValueError
+from sact_det.utils.errors import InputValueError
 
 __all__ = ["validate_on_load", "annotation_problems", "boxes_for_training", "OUTSIDE_TOLERANCE"]
 

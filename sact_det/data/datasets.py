@@ -11,9 +11,9 @@ from typing import Iterable, List
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 
-from ..tools_common import InputFileNotFoundError, InputKeyError
-from .annotations import validate_on_load
-from .synthetic import CATEGORIES, DATASET_VERSION, dataset_version, generate_dataset, split_paths
+from sact_det.data.annotations import validate_on_load
+from sact_det.data.synthetic import CATEGORIES, DATASET_VERSION, dataset_version, generate_dataset, split_paths
+from sact_det.utils.errors import InputFileNotFoundError, InputKeyError
 
 __all__ = ["SYNTHETIC_SPLITS", "datasets_root", "default_synthetic_root", "register_synthetic",
            "ensure_synthetic", "check_datasets_exist", "coco_category_names", "register_config_datasets"]

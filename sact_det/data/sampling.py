@@ -30,7 +30,7 @@ from torch.utils import data as torchdata
 from detectron2.data.build import trivial_batch_collator
 from detectron2.data.common import DatasetFromList
 
-from ..tools_common import InputError
+from sact_det.utils.errors import InputError
 
 __all__ = ["derived_seed", "seeded_rngs", "ResumableBatchSampler", "SeededMapDataset", "ResumableTrainLoader",
            "build_resumable_train_loader"]

@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from ..tools_common import atomic_path
+from sact_det.utils.files import atomic_path
 
 __all__ = ["DATASET_VERSION", "CATEGORIES", "OBJECT_STYLES", "BACKGROUND_STYLES", "render_image",
            "generate_split", "generate_dataset", "split_paths", "dataset_version"]

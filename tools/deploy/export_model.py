@@ -16,9 +16,9 @@ import sys
 
 from detectron2.utils.logger import setup_logger
 
-from sact_det.export import FORMATS, export_model
-from sact_det.tools_common import (ToolParser, add_config_arguments, existing_file, load_config, output_dir,
-                                   run_tool)
+from sact_det.apps.export import FORMATS, export_model
+from sact_det.engine.defaults import load_config
+from sact_det.utils.cli import ToolParser, add_config_arguments, existing_file, output_dir, run_tool
 
 
 def main(argv=None) -> int:

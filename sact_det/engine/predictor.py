@@ -1,0 +1,59 @@
+"""``DefaultPredictor``-style inference for SACT detectors."""
+import numpy as np
+import torch
+
+from detectron2.data import MetadataCatalog
+from detectron2.data import transforms as T
+from detectron2.modeling import build_model
+
+from sact_det.engine.checkpoint import SACTCheckpointer
+
+__all__ = ["SACTPredictor", "build_inference_model"]
+
+
+def build_inference_model(cfg):
+    """The detector of ``cfg`` in eval mode, with ``MODEL.WEIGHTS`` loaded by
+    :class:`SACTCheckpointer` when given."""
+    model = build_model(cfg).eval()
+    if cfg.MODEL.WEIGHTS:
+        SACTCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    return model
+
+
+class SACTPredictor:
+    """Detectron2's ``DefaultPredictor`` for SACT models: it takes what
+    ``DefaultPredictor`` takes (a BGR ``uint8 [H, W, 3]`` array, as
+    ``cv2.imread`` gives, converted to ``cfg.INPUT.FORMAT``) and applies the
+    config's test-time resizing; weights are loaded with :class:`SACTCheckpointer`
+    (which names the keys of a checkpoint that does not fit); the SACT report is
+    returned with the detections."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg.clone()
+        self.model = build_inference_model(self.cfg)
+        self.resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
+        self.input_format = cfg.INPUT.FORMAT
+        if self.input_format not in ("BGR", "RGB"):
+            raise ValueError(f"INPUT.FORMAT must be BGR or RGB for the predictor, got {self.input_format!r}")
+        self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")
+
+    @torch.no_grad()
+    def __call__(self, original_image: np.ndarray, resize: bool = True) -> dict:
+        """Model output for one BGR image: ``instances`` at its resolution and
+        ``sact`` (:class:`~sact_det.modeling.report.SACTReport`). ``resize=False`` feeds
+        the image at its own size."""
+        if original_image.ndim != 3 or original_image.shape[2] != 3:
+            raise ValueError(f"expected a BGR image of shape (H, W, 3), got shape {original_image.shape}")
+        image = original_image[:, :, ::-1] if self.input_format == "RGB" else original_image
+        height, width = image.shape[:2]
+        resized = self.resize.get_transform(image).apply_image(image) if resize else image
+        tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1))).float()
+        return self.model([{"image": tensor, "height": height, "width": width}])[0]
+
+    def ponder_output(self, original_image: np.ndarray, resize: bool = True) -> dict:
+        """The output of :meth:`__call__` (BGR image) for callers that need the
+        ponder maps: a clear error when the model has none."""
+        output = self(original_image, resize)
+        if not output["sact"].adaptive:
+            raise ValueError("the model is not adaptive (MODEL.SACT.TYPE none): it has no ponder cost maps")
+        return output

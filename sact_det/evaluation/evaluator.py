@@ -1,0 +1,234 @@
+"""SACT evaluator: feature-extractor FLOPs, ponder cost and units over a dataset.
+
+Reported in the paper's formats: FLOPs mean +- std, absolute and as a
+percentage of the dense reference ResNet at the same image sizes (Table 1),
+and ponder cost and mean units per block with their std across images
+(supplement, Table 3). With ground-truth objects, also the object agreement:
+the ROC AUC of the total ponder map and of each block's as a predictor of
+object pixels (masks when the annotations have them, else boxes), and each
+block's mean ponder cost on objects and on background, averaged over images,
+overall and per background type where the dataset's images record one (the
+synthetic dataset's ``"background"`` field). Printed as
+a table, returned to Detectron2 (so it is logged with the COCO metrics, e.g. to
+``metrics.json`` when evaluating during training) and written as JSON with the
+per-image records.
+"""
+import itertools
+import json
+import logging
+import os
+from typing import Dict, List, Optional
+
+import numpy as np
+from tabulate import tabulate
+
+import detectron2.utils.comm as comm
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.evaluation import DatasetEvaluator
+from detectron2.structures import BoxMode
+from detectron2.utils.file_io import PathManager
+
+from sact_det.evaluation.metrics import object_agreement, object_mask
+
+__all__ = ["SACTEvaluator", "summarize_records", "format_summary", "REPORT_FILE"]
+
+REPORT_FILE = "sact_report.json"
+logger = logging.getLogger("sact_det")
+
+
+def _stats(values) -> Dict[str, float]:
+    values = np.asarray(values, dtype=np.float64)
+    return {"mean": float(values.mean()), "std": float(values.std())}
+
+
+def _mean_of(records: List[dict], key: str, block: Optional[str] = None):
+    """Stats of a per-image value (or a per-block one) over the records that have it."""
+    values = [r[key] if block is None else r[key][block] for r in records
+              if r.get(key) is not None and (block is None or r[key].get(block) is not None)]
+    return dict(_stats(values), images=len(values)) if values else None
+
+
+def _agreement(records: List[dict], blocks: List[str]) -> dict:
+    return {"object_auc": _mean_of(records, "object_auc"),
+            "per_block": {b: _mean_of(records, "object_auc_per_block", b) for b in blocks},
+            "ponder_on_objects": {b: _mean_of(records, "ponder_on_objects", b) for b in blocks},
+            "ponder_on_background": {b: _mean_of(records, "ponder_on_background", b) for b in blocks}}
+
+
+def summarize_records(records: List[dict]) -> dict:
+    """Mean and std across images of the per-image SACT records."""
+    blocks = list(records[0]["units_per_block"])
+    summary = {
+        "num_images": len(records),
+        "flops": _stats([r["flops"] for r in records]),
+        "flops_pct": _stats([r["flops_pct"] for r in records]),
+        "dense_flops": _stats([r["dense_flops"] for r in records]),
+        "units_per_block": {b: _stats([r["units_per_block"][b] for r in records]) for b in blocks},
+    }
+    if records[0].get("detector_flops") is not None:
+        for key in ("rpn_flops", "box_head_flops", "num_proposals", "detector_flops", "detector_dense_flops",
+                    "detector_flops_pct"):
+            summary[key] = _stats([r[key] for r in records])
+        with_head = [r for r in records if r.get("head_units") is not None]  # an ACT head, proposals
+        if with_head:
+            summary["head_units"] = _stats([r["head_units"] for r in with_head])
+            shares = np.array([r["head_halting_shares"] for r in with_head], dtype=np.float64)
+            weights = np.array([r["num_proposals"] for r in with_head], dtype=np.float64)[:, None]
+            summary["head_halting_shares"] = (shares * weights).sum(0) / max(weights.sum(), 1)
+            summary["head_halting_shares"] = summary["head_halting_shares"].tolist()
+    if records[0]["ponder_cost"] is not None:
+        summary["ponder_cost"] = _stats([r["ponder_cost"] for r in records])
+        summary["ponder_cost_per_block"] = {
+            b: _stats([r["ponder_cost_per_block"][b] for r in records]) for b in blocks}
+    if any(r.get("object_auc") is not None for r in records):
+        summary["object_auc"] = _mean_of(records, "object_auc")
+        summary["agreement"] = {"all": _agreement(records, blocks)}
+        for background in sorted({r["background"] for r in records if r.get("background")}):
+            summary["agreement"][background] = _agreement(
+                [r for r in records if r.get("background") == background], blocks)
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    """The summary as tables (Table 1 and Table 3 formats, then object agreement)."""
+    def pm(s, fmt):
+        return f"{s['mean']:{fmt}} ± {s['std']:{fmt}}" if s else "-"
+
+    blocks = list(summary["units_per_block"])
+    flops_table = tabulate(
+        [[summary["num_images"], pm(summary["flops"], ".3e"), pm(summary["flops_pct"], ".1f"),
+          f"{summary['dense_flops']['mean']:.3e}"]],
+        headers=["images", "FLOPs", "% of dense", "dense FLOPs"], tablefmt="pipe")
+    rows = [["units"] + [pm(summary["units_per_block"][b], ".2f") for b in blocks] + [""]]
+    if "ponder_cost" in summary:
+        rows.append(["ponder cost"] + [pm(summary["ponder_cost_per_block"][b], ".2f") for b in blocks]
+                    + [pm(summary["ponder_cost"], ".2f")])
+    block_table = tabulate(rows, headers=[""] + blocks + ["total"], tablefmt="pipe")
+    text = f"Feature extractor (stem + {', '.join(blocks)}):\n{flops_table}\n{block_table}"
+    if "detector_flops" in summary:
+        row = [pm(summary["flops"], ".3e"), pm(summary["rpn_flops"], ".3e"), pm(summary["box_head_flops"], ".3e"),
+               f"{summary['num_proposals']['mean']:.0f}", pm(summary["detector_flops"], ".3e"),
+               pm(summary["detector_flops_pct"], ".1f")]
+        headers = ["feature extractor", "RPN", "box head", "proposals", "detector", "% of dense detector"]
+        if "head_units" in summary:
+            row.append(pm(summary["head_units"], ".2f") + " (halting after each unit: "
+                       + ", ".join(f"{100 * s:.0f}%" for s in summary["head_halting_shares"]) + ")")
+            headers.append("box head units per proposal")
+        text += "\nWhole detector (FLOPs per image):\n" + tabulate([row], headers=headers, tablefmt="pipe")
+    if "agreement" in summary:
+        def mean(stats):
+            return f"{stats['mean']:.2f}" if stats else "-"
+
+        rows = []
+        for group, agreement in summary["agreement"].items():
+            images = agreement["object_auc"]["images"] if agreement["object_auc"] else 0
+            rows.append([group, images, mean(agreement["object_auc"])]
+                        + [f"{mean(agreement['per_block'][b])} ({mean(agreement['ponder_on_objects'][b])}"
+                           f" / {mean(agreement['ponder_on_background'][b])})" for b in blocks])
+        text += ("\nObject agreement: ROC AUC of the ponder map for object pixels (0.5: none, 1: all "
+                 "computation on objects);\nper block also (mean ponder cost on objects / on background):\n"
+                 + tabulate(rows, headers=["images", "n", "total map"] + blocks, tablefmt="pipe"))
+    return text
+
+
+def flat_metrics(summary: dict) -> Dict[str, float]:
+    """Scalars for Detectron2's result dict / event storage."""
+    metrics = {
+        "FLOPs": summary["flops"]["mean"], "FLOPs_std": summary["flops"]["std"],
+        "FLOPs_pct": summary["flops_pct"]["mean"], "FLOPs_pct_std": summary["flops_pct"]["std"],
+    }
+    for block, stats in summary["units_per_block"].items():
+        metrics[f"units_{block}"] = stats["mean"]
+    if "ponder_cost" in summary:
+        metrics["ponder_cost"] = summary["ponder_cost"]["mean"]
+        for block, stats in summary["ponder_cost_per_block"].items():
+            metrics[f"ponder_cost_{block}"] = stats["mean"]
+    if "detector_flops" in summary:
+        metrics["detector_FLOPs"] = summary["detector_flops"]["mean"]
+        metrics["detector_FLOPs_pct"] = summary["detector_flops_pct"]["mean"]
+        if "head_units" in summary:
+            metrics["head_units"] = summary["head_units"]["mean"]
+    if "agreement" in summary:
+        metrics["object_AUC"] = summary["object_auc"]["mean"]
+        for block, stats in summary["agreement"]["all"]["per_block"].items():
+            if stats:
+                metrics[f"object_AUC_{block}"] = stats["mean"]
+    return metrics
+
+
+def _image_field(dataset_name: str, field: str) -> Dict:
+    """``image id -> images[i][field]`` from a COCO-format dataset's json, where
+    present (Detectron2's loader keeps only the standard image fields)."""
+    json_file = getattr(MetadataCatalog.get(dataset_name), "json_file", None)
+    if not json_file or not PathManager.exists(json_file):
+        return {}
+    with PathManager.open(json_file) as f:
+        images = json.load(f).get("images", [])
+    return {image["id"]: image[field] for image in images if field in image}
+
+
+class SACTEvaluator(DatasetEvaluator):
+    """Collects the ``"sact"`` output of :class:`~sact_det.modeling.meta_arch.SACTRCNN` per image."""
+
+    def __init__(self, dataset_name: str, output_dir: str = None, distributed: bool = True):
+        self._dataset_name = dataset_name
+        self._output_dir = output_dir
+        self._distributed = distributed
+        self._records: List[dict] = []
+        self._ground_truth: Optional[Dict] = None
+        self._backgrounds: Dict = {}
+
+    def reset(self):
+        self._records = []
+
+    def _ground_truth_of(self, image_id) -> Optional[dict]:
+        if self._ground_truth is None:
+            self._ground_truth = {d["image_id"]: d for d in DatasetCatalog.get(self._dataset_name)}
+            self._backgrounds = _image_field(self._dataset_name, "background")
+        return self._ground_truth.get(image_id)
+
+    def _objects(self, record) -> Optional[np.ndarray]:
+        """Bool object pixels of an image of the dataset, None without objects."""
+        if record is None or not record.get("annotations"):
+            return None
+        annotations = [dict(a, bbox=BoxMode.convert(a["bbox"], a.get("bbox_mode", BoxMode.XYWH_ABS),
+                                                    BoxMode.XYWH_ABS)) for a in record["annotations"]]
+        return object_mask(annotations, record["height"], record["width"])
+
+    def process(self, inputs, outputs):
+        for inp, out in zip(inputs, outputs):
+            report = out.get("sact")
+            if report is None:
+                continue
+            record = report.record()
+            record.update(image_id=inp.get("image_id"), file_name=inp.get("file_name"),
+                          num_detections=len(out["instances"]) if "instances" in out else None,
+                          object_auc=None)
+            if report.adaptive:
+                ground_truth = self._ground_truth_of(inp.get("image_id"))
+                objects = self._objects(ground_truth)
+                if objects is not None and objects.any() and not objects.all():
+                    record.update(object_agreement(report, objects))
+                record["background"] = self._backgrounds.get(inp.get("image_id"))
+            self._records.append(record)
+
+    def evaluate(self):
+        records = self._records
+        if self._distributed:
+            comm.synchronize()
+            records = list(itertools.chain(*comm.gather(records, dst=0)))
+            if not comm.is_main_process():
+                return {}
+        if not records:
+            logger.warning(f"[SACTEvaluator] no SACT outputs on {self._dataset_name}: "
+                           "is MODEL.META_ARCHITECTURE SACTRCNN?")
+            return {}
+        summary = summarize_records(records)
+        logger.info(f"SACT evaluation on {self._dataset_name}:\n" + format_summary(summary))
+        if self._output_dir:
+            PathManager.mkdirs(self._output_dir)
+            path = os.path.join(self._output_dir, REPORT_FILE)
+            with PathManager.open(path, "w") as f:
+                json.dump({"dataset": self._dataset_name, "summary": summary, "images": records}, f)
+            logger.info(f"SACT report written to {path}")
+        return {"sact": flat_metrics(summary)}

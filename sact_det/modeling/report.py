@@ -1,0 +1,146 @@
+"""The per-image SACT report: what the adaptive network computed on one image.
+
+:class:`SACTReport` is built at inference from each block's
+:class:`~sact_det.modeling.sact.adaptive_stage.StageOutput` and returned by the detector as
+``output["sact"]``. Every consumer (the evaluator, the visualiser, the
+benchmark, the tools) reads its fields; :meth:`SACTReport.record` gives the
+JSON-ready scalars.
+"""
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from sact_det.modeling.flops import rpn_flops, stage_flops, stem_flops
+from sact_det.modeling.maps import total_ponder_map
+
+__all__ = ["SACTReport", "build_reports", "add_detector_flops"]
+
+
+@dataclass
+class SACTReport:
+    """One image's FLOPs, ponder cost and ponder maps (feature extractor: stem + res2-res4).
+
+    FLOPs follow the paper's convention (:mod:`sact_det.modeling.flops`); ``dense_flops``
+    is the dense reference ResNet's at the same input size
+    (``MODEL.SACT.FLOPS_REFERENCE_DEPTH``). Ponder quantities are None for a
+    non-adaptive model (``MODEL.SACT.TYPE none``).
+    """
+
+    image_size: Tuple[int, int]  # (h, w) of the network input (the resized image)
+    flops: int
+    flops_per_block: Dict[str, int]  # "stem", "res2", ...
+    dense_flops: int
+    units_per_block: Dict[str, float]  # mean N over the image's positions (eq. 7)
+    ponder_cost: Optional[float] = None  # sum over blocks of rho (eq. 11, Alg. 2 line 37)
+    ponder_cost_per_block: Optional[Dict[str, float]] = None
+    ponder_maps: Optional[Dict[str, torch.Tensor]] = None  # per block, float32 [h_k, w_k] on its grid
+    ponder_strides: Optional[Dict[str, int]] = None  # input pixels per cell of each block's map
+    ponder_map: Optional[torch.Tensor] = None  # total, on the finest block's grid
+    ponder_map_stride: Optional[int] = None  # input pixels per cell of ponder_map
+    # The whole detector (None until add_detector_flops): the RPN head on the image's
+    # res4 map, and the res5 box head on its proposals as evaluated.
+    rpn_flops: Optional[int] = None
+    box_head_flops: Optional[int] = None
+    box_head_dense_flops: Optional[int] = None  # every res5 unit on every proposal
+    num_proposals: Optional[int] = None
+    head_units: Optional[float] = None  # mean units per proposal (ACT head), else None
+    head_halting_shares: Optional[List[float]] = None  # share of proposals halting after each unit
+
+    @property
+    def flops_pct(self) -> float:
+        """Feature-extractor FLOPs as % of the dense reference (Table 1's "FLOPs")."""
+        return 100.0 * self.flops / self.dense_flops
+
+    @property
+    def detector_flops(self) -> Optional[int]:
+        """Feature extractor + RPN + box head."""
+        return None if self.rpn_flops is None else self.flops + self.rpn_flops + self.box_head_flops
+
+    @property
+    def detector_dense_flops(self) -> Optional[int]:
+        """The same detector run densely: the dense reference feature extractor,
+        the RPN and every res5 unit on every proposal (no halting branches);
+        for the paper's configs, Detectron2's R-101-C4 Faster R-CNN."""
+        return None if self.rpn_flops is None else self.dense_flops + self.rpn_flops + self.box_head_dense_flops
+
+    @property
+    def detector_flops_pct(self) -> Optional[float]:
+        return None if self.rpn_flops is None else 100.0 * self.detector_flops / self.detector_dense_flops
+
+    @property
+    def adaptive(self) -> bool:
+        return self.ponder_maps is not None
+
+    def record(self) -> dict:
+        """The scalars, JSON-ready (maps left out)."""
+        record = {
+            "image_size": list(self.image_size), "flops": self.flops, "flops_per_block": self.flops_per_block,
+            "dense_flops": self.dense_flops, "flops_pct": self.flops_pct, "units_per_block": self.units_per_block,
+            "ponder_cost": self.ponder_cost, "ponder_cost_per_block": self.ponder_cost_per_block,
+        }
+        if self.rpn_flops is not None:
+            record.update(rpn_flops=self.rpn_flops, box_head_flops=self.box_head_flops,
+                          num_proposals=self.num_proposals, detector_flops=self.detector_flops,
+                          detector_dense_flops=self.detector_dense_flops,
+                          detector_flops_pct=self.detector_flops_pct, head_units=self.head_units,
+                          head_halting_shares=self.head_halting_shares)
+        return record
+
+
+def build_reports(backbone, stage_outputs: Dict[str, "StageOutput"],  # noqa: F821
+                  image_sizes: Sequence[Tuple[int, int]]) -> List[SACTReport]:
+    """Per-image reports of a batch (CPU values).
+
+    Args:
+        backbone: the :class:`~sact_det.modeling.backbone.SACTResNet` that produced them.
+        stage_outputs: its blocks' outputs, by name.
+        image_sizes: each image's (h, w) before padding.
+    """
+    sizes = [tuple(s) for s in image_sizes]
+    flops_per_block = {"stem": torch.tensor([stem_flops(backbone.stem, s)[0] for s in sizes])}
+    input_sizes = [stem_flops(backbone.stem, s)[1] for s in sizes]
+    units, ponder, map_sizes = {}, {}, {}
+    for name, stage in zip(backbone.stage_names, backbone.stages):
+        out = stage_outputs[name]
+        flops_per_block[name] = stage_flops(stage, out, input_sizes).cpu()
+        units[name] = out.mean_units().cpu()
+        if out.ponder_map is not None:
+            ponder[name] = out.ponder_cost().cpu()
+        input_sizes = [tuple(-(-n // stage.stride) for n in s) for s in input_sizes]
+        map_sizes[name] = input_sizes
+    strides = backbone.stage_strides
+    reports = []
+    for index, size in enumerate(sizes):
+        per_block = {k: int(v[index]) for k, v in flops_per_block.items()}
+        report = SACTReport(
+            image_size=size, flops=sum(per_block.values()), flops_per_block=per_block,
+            dense_flops=backbone.dense_reference_flops(size),
+            units_per_block={k: float(v[index]) for k, v in units.items()})
+        if ponder:
+            maps = {}
+            for name in ponder:
+                h, w = map_sizes[name][index]
+                maps[name] = stage_outputs[name].ponder_map[index, :h, :w].detach().cpu()
+            report.ponder_cost_per_block = {k: float(v[index]) for k, v in ponder.items()}
+            report.ponder_cost = sum(report.ponder_cost_per_block.values())
+            report.ponder_maps = maps
+            report.ponder_strides = {name: strides[name] for name in maps}
+            report.ponder_map = total_ponder_map(list(maps.values()))
+            report.ponder_map_stride = strides[next(iter(maps))]
+        reports.append(report)
+    return reports
+
+
+def add_detector_flops(reports: List[SACTReport], rpn_head, feature_stride: int, head_reports,
+                       head_num_units: int) -> None:
+    """Fills the whole-detector fields of each report: the RPN head on the
+    image's own feature map (``ceil(size / stride)``), and the box head from its
+    :class:`~sact_det.modeling.roi_heads.HeadReport`."""
+    for report, head in zip(reports, head_reports):
+        size = tuple(-(-n // feature_stride) for n in report.image_size)
+        report.rpn_flops = rpn_flops(rpn_head, size)
+        report.box_head_flops, report.box_head_dense_flops = head.flops, head.dense_flops
+        report.num_proposals = head.num_proposals
+        report.head_units = head.mean_units
+        report.head_halting_shares = head.halting_shares(head_num_units)
