@@ -20,7 +20,7 @@ test: install
 	$(PY) -m pytest -q tests
 
 demo: install
-	$(PY) tools/demo.py --output-dir output/demo
+	$(PY) tools/train_demo.py --output-dir output/demo
 
 clean-venv:
 	rm -rf $(VENV)

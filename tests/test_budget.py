@@ -86,6 +86,14 @@ def test_budget_search_reaches_the_target_or_states_the_range(synthetic_root, tm
                                   "--target-flops", "60", "--tolerance", "1", "--opts", *cfg_overrides(cfg)])
     out = capsys.readouterr().out
     assert status == 0 and "FLOPs % of dense" in out and "use: MODEL.SACT.TEST_HALTING_OFFSET" in out
+    # One line per search step, not the evaluators' tables (issue 24, item 6); --verbose adds them.
+    steps = [line for line in out.splitlines() if line.startswith("step ")]
+    assert steps[0].startswith("step 1: offset -20.0000: FLOPs ") and steps[1].startswith("step 2: offset +20.0000")
+    assert "Average Precision" not in out and "SACT evaluation on" not in out
+    assert len(out.splitlines()) <= len(steps) * 2 + 6  # the steps, the table by offset, the answer
+    halting_budget.main(["--config-file", f"{REPO}/configs/synthetic/sact_tiny.yaml", "--target-flops", "60",
+                         "--tolerance", "1", "--verbose", *cfg_overrides(cfg)])  # trailing overrides
+    assert "Average Precision" in capsys.readouterr().out
 
 
 def cfg_overrides(cfg):

@@ -114,6 +114,14 @@ def test_tool(synthetic_root, tmp_path, capsys):
     assert info["outputs"][:3] == ["boxes", "scores", "classes"]
     with torch.no_grad():
         assert len(exported(image(3, 64, 80, 0, 256))) == 9
+    # Outside no_grad too, the outputs carry no autograd graph (issue 24, item 8).
+    assert all(o.grad_fn is None and not o.requires_grad for o in exported(image(3, 64, 80, 0, 256)))
+    # Detectron2's flag for this path; other methods and formats are refused, saying why.
+    assert tool.main(["--config-file", config, "--output", str(tmp_path / "o5"), "--export-method", "tracing",
+                      *small]) == 0
+    assert tool.main(["--config-file", config, "--output", str(tmp_path / "o6"), "--export-method", "scripting"]) == 2
+    assert "--export-method scripting: not provided: only tracing" in capsys.readouterr().err
+    assert "onnx" not in tool.build_parser().format_help().split("--format")[1].split("\n")[0]
 
     assert tool.main(["--config-file", config, "--output", str(tmp_path / "o2"), "--opts", *small,
                       "MODEL.SACT.EXECUTION", "perforated"]) == 2
@@ -123,4 +131,4 @@ def test_tool(synthetic_root, tmp_path, capsys):
     with pytest.raises(SystemExit):
         tool.main(["--config-file", config, "--output", str(tmp_path / "o4"), "--sample-image", "none.jpg"])
     assert "argument --sample-image: expected an existing file" in capsys.readouterr().err
-    assert not any(os.path.exists(tmp_path / d) for d in ("o2", "o3", "o4"))
+    assert not any(os.path.exists(tmp_path / d) for d in ("o2", "o3", "o4", "o6"))

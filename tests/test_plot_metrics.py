@@ -94,3 +94,35 @@ def test_bad_inputs(tmp_path, capsys):
     assert tool.main([str(good), "--labels", "a", "b", "--output", str(out)]) == 2
     assert "--labels: expected one label per run" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_run_with_two_test_sets_gets_an_ap_and_a_flops_panel_per_set(tmp_path, capsys):
+    """Detectron2 prefixes each evaluation result with its dataset when a run has
+    several test sets (the demo's synthetic_val and synthetic_val_heldout; issue 24, item 2)."""
+    run = write_run(tmp_path / "demo", ap_every=1000)  # training curves only
+    with open(run / "metrics.json", "a") as f:
+        for it in (99, 199):
+            f.write(json.dumps({"iteration": it, **{f"{name}/{key}": value for name in ("synthetic_val",
+                                                                                         "synthetic_val_heldout")
+                                                    for key, value in (("bbox/AP", it / 10), ("bbox/AP50", it / 5),
+                                                                       ("sact/FLOPs_pct", 90 - it / 10))}}) + "\n")
+    series = metric_series(read_metrics(str(run / "metrics.json")))
+    keys = panel_keys([series])
+    assert keys[-4:] == ["synthetic_val/bbox/AP", "synthetic_val_heldout/bbox/AP",
+                         "synthetic_val/sact/FLOPs_pct", "synthetic_val_heldout/sact/FLOPs_pct"]
+    assert not any("AP50" in k for k in keys)
+    fig = metrics_figure([series], ["demo"])
+    panel = next(ax for ax in fig.axes if ax.get_title() == "synthetic_val_heldout/bbox/AP")
+    assert list(panel.lines[0].get_ydata()) == [9.9, 19.9]
+    plt.close(fig)
+    out = tmp_path / "curves.png"
+    assert load_tool("plot_metrics").main([str(run), "--output", str(out)]) == 0
+    assert f"{len(keys)} curves of 1 run(s)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extension, magic", [(".pdf", b"%PDF"), (".svg", b"<?xml"), (".PNG", b"\x89PNG")])
+def test_the_extension_chooses_the_format(tmp_path, extension, magic):
+    """PDF and SVG besides PNG (issue 24, item 8)."""
+    out = tmp_path / f"curves{extension}"
+    assert load_tool("plot_metrics").main([str(write_run(tmp_path / "run")), "--output", str(out)]) == 0
+    assert out.read_bytes().startswith(magic)

@@ -1,16 +1,17 @@
 #!/usr/bin/env python
-"""Parameters, FLOPs, activations and structure of a SACT detector, as
+r"""Parameters, FLOPs, activations and structure of a SACT detector, as
 Detectron2's tools/analyze_model.py, with the halting branches apart and the
 paper's FLOP convention next to fvcore's.
 
     python tools/analyze_model.py --config-file configs/synthetic/sact_tiny.yaml \
-        --tasks parameter flop --num-inputs 10 --opts MODEL.WEIGHTS output/demo/model_final.pth
+        --tasks parameter flop --num-inputs 10 MODEL.WEIGHTS output/demo/model_final.pth
     python tools/analyze_model.py --config-file configs/sact_faster_rcnn.yaml --tasks flop \
-        --sizes 600x800 800x1333 --opts MODEL.WEIGHTS ""
+        --sizes 600x800 800x1333 MODEL.WEIGHTS ""
 
 FLOPs and activations are counted on the first --num-inputs images of
 DATASETS.TEST (mean ± std) or, with --sizes, on one random image per
-network-input size (no resizing).
+network-input size (no resizing). Config overrides (KEY VALUE ...) end the
+command line, or follow --opts.
 """
 import sys
 

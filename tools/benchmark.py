@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Latency of the SACT feature extractor (and detector) vs Detectron2's dense
+r"""Latency of the SACT feature extractor (and detector) vs Detectron2's dense
 ResNet-C4, tuned (batch norm folded, channels-last, fused kernels) and stock,
 side by side in one run, same weights, at controlled shares of dense FLOPs.
 
@@ -12,10 +12,10 @@ side by side in one run, same weights, at controlled shares of dense FLOPs.
     python tools/benchmark.py --crossover 0.1 0.3 0.5 0.7 0.9 1  # dense vs sparse per unit: SPARSE_MAX_ACTIVE
 
 Prints one line per configuration and, with --markdown, a table for BENCHMARKS.md.
+Config overrides (KEY VALUE ...) end the command line, or follow --opts.
 """
 import argparse
 import json
-import os
 import sys
 from datetime import date
 
@@ -28,8 +28,8 @@ from sact_det.apps.benchmark.tables import crossover_table, markdown_table, rows
 from sact_det.apps.benchmark.timing import machine_description
 from sact_det.config import get_config_file
 from sact_det.engine.defaults import load_config
-from sact_det.utils.cli import (ToolParser, existing_file, image_size, non_negative_int, output_file, positive_float,
-                                positive_int, run_tool)
+from sact_det.utils.cli import (ToolParser, add_config_arguments, image_size, non_negative_int, output_file,
+                                positive_float, positive_int, run_tool)
 from sact_det.utils.files import atomic_path
 
 
@@ -54,8 +54,6 @@ def active_share(text: str) -> float:
 
 def build_parser():
     parser = ToolParser(__doc__)
-    parser.add_argument("--config-file", type=existing_file, metavar="FILE",
-                        default=get_config_file("sact_faster_rcnn.yaml"))
     parser.add_argument("--weights", default="", help="trained weights (default: random, seeded)")
     parser.add_argument("--sizes", nargs="+", type=image_size, default=[(600, 800)], help="HxW of the input image")
     parser.add_argument("--points", nargs="+", type=flops_point, default=[100.0, 75.0, 56.0, 40.0, 25.0],
@@ -84,7 +82,7 @@ def build_parser():
                              "(what MODEL.SACT.SPARSE_MAX_ACTIVE should be on this machine)")
     parser.add_argument("--json", type=output_file(), help="write the rows to this file")
     parser.add_argument("--markdown", action="store_true", help="print a markdown table at the end")
-    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides")
+    add_config_arguments(parser, default=get_config_file("sact_faster_rcnn.yaml"))
     return parser
 
 

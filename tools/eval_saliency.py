@@ -1,9 +1,9 @@
 #!/usr/bin/env python
-"""Ponder cost maps as a saliency model on CAT2000 (paper section 4.3, supplement A.3).
+r"""Ponder cost maps as a saliency model on CAT2000 (paper section 4.3, supplement A.3).
 
     python tools/eval_saliency.py --config-file configs/sact_faster_rcnn.yaml \
         --cat2000 /data/CAT2000/trainSet --output saliency_out \
-        --opts MODEL.WEIGHTS model_final.pth
+        MODEL.WEIGHTS model_final.pth
 
 Layout: <root>/Stimuli/<category>/*.jpg with fixation locations in
 <root>/FIXATIONLOCS/<category>/<name>.mat (or binary maps in FIXATIONMAPS/).

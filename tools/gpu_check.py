@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The GPU check of sact-det (correctness, feature-extractor and detector latency,
+r"""The GPU check of sact-det (correctness, feature-extractor and detector latency,
 training), in priority order within a time budget; see sact_det/apps/gpu_check.py.
 
     python tools/gpu_check.py --out gpu_out                        # on a GPU machine

@@ -1,13 +1,17 @@
 #!/usr/bin/env python
-"""The test-time halting offset that meets a FLOPs budget, by bisection on a dataset.
+r"""The test-time halting offset that meets a FLOPs budget, by bisection on a dataset.
 
     python tools/halting_budget.py --config-file configs/synthetic/sact_tiny.yaml --target-flops 50 \
-        --opts MODEL.WEIGHTS output/demo/model_final.pth
+        MODEL.WEIGHTS output/demo/model_final.pth
 
-Prints the offset -> (FLOPs %, AP) table it went through and the offset to use
-(``MODEL.SACT.TEST_HALTING_OFFSET``) with --eval-only, the visualiser or the
-benchmark. A budget that no offset reaches is an error that gives the range.
+Prints one line per search step (an evaluation of the dataset at one offset;
+--verbose adds the evaluators' tables), then the offset -> (FLOPs %, AP) table
+by offset and the offset to use (``MODEL.SACT.TEST_HALTING_OFFSET``) with
+--eval-only, the visualiser or the benchmark. A budget that no offset reaches
+is an error that gives the range. Config overrides (KEY VALUE ...) end the
+command line, or follow --opts.
 """
+import itertools
 import sys
 
 from detectron2.utils.logger import setup_logger
@@ -26,6 +30,8 @@ def main(argv=None) -> int:
     parser.add_argument("--num-images", type=non_negative_int, default=0,
                         help="evaluate the first N images only (0: all)")
     parser.add_argument("--tolerance", type=positive_float, default=0.5, help="percentage points")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also print each evaluation's COCO tables and SACT summary")
     add_config_arguments(parser)
     args = parser.parse_args(argv)
     if args.target_flops > 200:
@@ -38,7 +44,15 @@ def main(argv=None) -> int:
         if dataset in SYNTHETIC_SPLITS:
             ensure_synthetic()
         # A budget that no offset reaches is a BudgetError (ValueError) that gives the range.
-        best, points = run_budget_search(cfg, args.target_flops, dataset, args.num_images, args.tolerance)
+        steps = itertools.count(1)
+
+        def step(point):
+            ap = "-" if point.ap is None else f"{point.ap:.1f}"
+            print(f"step {next(steps)}: offset {point.offset:+.4f}: FLOPs {point.flops_pct:.1f}% of dense, "
+                  f"box AP {ap}", flush=True)
+        best, points = run_budget_search(cfg, args.target_flops, dataset, args.num_images, args.tolerance,
+                                         on_step=step, verbose=args.verbose)
+        print()
         print(format_points(points))
         print(f"\noffset {best.offset:+.4f}: {best.flops_pct:.1f}% FLOPs (target {args.target_flops:g}%), "
               f"box AP {best.ap if best.ap is None else round(best.ap, 1)} on "

@@ -9,9 +9,10 @@ offsets. Resumes after a kill (finished members are skipped).
     python tools/tradeoff.py --quick --output output/tradeoff_quick     # 1 seed, 5 trainings of 150 iterations
 
 Writes OUTPUT/tradeoff.json, tradeoff.md (table) and tradeoff.png (AP vs FLOPs %).
+Each member trains in OUTPUT/<member>/ (its log: train.log); the tool says
+which member of how many runs, and every minute its iteration and the time left.
+Config overrides for every member (KEY VALUE ...) end the command line, or follow --opts.
 """
-import argparse
-import os
 import sys
 
 from detectron2.utils.logger import setup_logger
@@ -20,7 +21,7 @@ from sact_det.apps.tradeoff import Member, markdown_table, run_tradeoff
 from sact_det.config import get_config_file
 from sact_det.data import ensure_synthetic
 from sact_det.engine.defaults import load_config
-from sact_det.utils.cli import ToolParser, output_dir, positive_int, run_tool
+from sact_det.utils.cli import ToolParser, add_override_arguments, output_dir, positive_int, run_tool
 
 
 def main(argv=None) -> int:
@@ -33,7 +34,7 @@ def main(argv=None) -> int:
                         help="training iterations per member (default 600, quick 150)")
     parser.add_argument("--offsets", type=float, nargs="*", default=[-2.0, -1.0, 1.0, 2.0, 3.0],
                         help="test-time halting offsets evaluated on one SACT model (0 is the model itself)")
-    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides for every member")
+    add_override_arguments(parser)
     args = parser.parse_args(argv)
     if args.opts:  # the same overrides for every member: checked once, before hours of training
         load_config(get_config_file(Member.config), args.opts, parser)

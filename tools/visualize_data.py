@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The training images with their boxes and class names, as annotated or as the
+r"""The training images with their boxes and class names, as annotated or as the
 data loader yields them after augmentation (Detectron2's Visualizer).
 
     python tools/visualize_data.py --config-file configs/synthetic/sact_tiny.yaml \
@@ -7,7 +7,8 @@ data loader yields them after augmentation (Detectron2's Visualizer).
     python tools/visualize_data.py --config-file configs/synthetic/sact_tiny.yaml \
         --source dataloader --output data_vis_aug --num 8
 
-Shows DATASETS.TRAIN (override it with --opts DATASETS.TRAIN '("synthetic_val",)').
+Shows DATASETS.TRAIN (override it at the end: ... DATASETS.TRAIN '("synthetic_val",)'; config
+overrides KEY VALUE end the command line, or follow --opts).
 """
 import sys
 

@@ -1,11 +1,11 @@
 #!/usr/bin/env python
-"""Ponder cost maps of a SACT detector over images or a video: where it spends computation.
+r"""Ponder cost maps of a SACT detector over images or a video: where it spends computation.
 
     python tools/visualize_ponder.py --config-file configs/synthetic/sact_tiny.yaml \
         --input img.jpg photos/ 'more/*.png' --output ponder_out \
-        --opts MODEL.WEIGHTS output/demo/model_final.pth
+        MODEL.WEIGHTS output/demo/model_final.pth
     python tools/visualize_ponder.py --config-file configs/synthetic/sact_tiny.yaml \
-        --video-input clip.mp4 --output ponder_out --opts MODEL.WEIGHTS output/demo/model_final.pth
+        --video-input clip.mp4 --output ponder_out MODEL.WEIGHTS output/demo/model_final.pth
 
 Images: writes <name>_ponder.png, <name>_blocks.png, <name>_overlay.png per image
 and ponder_summary.csv/.json. Unreadable images are reported and skipped; the
@@ -13,6 +13,8 @@ exit status is 1 if any input failed.
 Video: writes <name>_ponder.mp4 (every frame with its detections over the
 ponder heat map, one colour scale for the whole video) and <name>_ponder.csv
 (per frame: FLOPs, % of dense, ponder cost, detections).
+Config overrides (KEY VALUE ...) end the command line, or follow --opts.
+Detectron2's demo, the detections beside the ponder cost, is tools/demo.py.
 """
 import sys
 

@@ -7,6 +7,8 @@ offset grows (single images may not: a 3x3 convolution reads halted
 neighbours), so the offset for a target is found by bisection, evaluating the
 dataset (FLOPs and COCO AP) at each step.
 """
+import contextlib
+import io
 import logging
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple
@@ -80,11 +82,14 @@ def format_points(points: List[OffsetPoint]) -> str:
     return tabulate(rows, headers=["offset", "FLOPs % of dense", "box AP"], tablefmt="pipe")
 
 
-def run_budget_search(cfg, target_pct: float, dataset_name: Optional[str] = None,
-                      num_images: int = 0, tolerance: float = 0.5) -> Tuple[OffsetPoint, List[OffsetPoint]]:
+def run_budget_search(cfg, target_pct: float, dataset_name: Optional[str] = None, num_images: int = 0,
+                      tolerance: float = 0.5, on_step: Optional[Callable[[OffsetPoint], None]] = None,
+                      verbose: bool = False) -> Tuple[OffsetPoint, List[OffsetPoint]]:
     """:func:`find_offset_for_budget` for the model of ``cfg`` (``MODEL.WEIGHTS``)
     on ``dataset_name`` (default: the first of ``DATASETS.TEST``), on its first
-    ``num_images`` images (0: all)."""
+    ``num_images`` images (0: all). ``on_step`` is called with each point as it
+    is evaluated (default: a log line). The evaluators' own output (pycocotools'
+    tables, the SACT summary) is shown only when ``verbose``."""
     from detectron2.data import DatasetCatalog, build_detection_test_loader
     from detectron2.evaluation import COCOEvaluator
     from detectron2.modeling import build_model
@@ -111,11 +116,16 @@ def run_budget_search(cfg, target_pct: float, dataset_name: Optional[str] = None
 
     def evaluators():
         coco = SubsetCOCOEvaluator(dataset_name, output_dir=None, use_fast_impl=has_compiled_ops())
-        return DatasetEvaluators([coco, SACTEvaluator(dataset_name, distributed=False)])
+        return DatasetEvaluators([coco, SACTEvaluator(dataset_name, distributed=False, log_summary=verbose)])
+
+    def log_step(point):
+        logger.info(f"offset {point.offset:+.4f}: FLOPs {point.flops_pct:.1f}% of dense, box AP {point.ap}")
 
     def evaluate(offset):
-        point = evaluate_offset(model, loader, evaluators, offset)
-        logger.info(f"offset {offset:+.4f}: FLOPs {point.flops_pct:.1f}% of dense, box AP {point.ap}")
+        # pycocotools prints its tables on stdout at every evaluation.
+        with contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO()):
+            point = evaluate_offset(model, loader, evaluators, offset)
+        (on_step or log_step)(point)
         return point
 
     return find_offset_for_budget(evaluate, target_pct, tolerance)

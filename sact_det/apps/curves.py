@@ -4,8 +4,10 @@ Detectron2's ``JSONWriter`` appends one JSON object per line to
 ``OUTPUT_DIR/metrics.json``: the iteration, the (window-smoothed) losses,
 ``lr``, timings, the SACT trainer's ``sact/ponder_cost/<block>`` and
 ``sact/units/<block>``, and after each evaluation its results (``bbox/AP``,
-``sact/FLOPs_pct``, ...). :func:`plot_metrics` draws one panel per quantity
-against the iteration, with several runs overlaid in one colour each.
+``sact/FLOPs_pct``, ...; with several test sets, each prefixed by its
+dataset: ``synthetic_val/bbox/AP``). :func:`plot_metrics` draws one panel per
+quantity (and test set) against the iteration, with several runs overlaid in
+one colour each.
 """
 import json
 import logging
@@ -19,18 +21,21 @@ import numpy as np
 
 from sact_det.utils.files import atomic_path
 
-__all__ = ["METRICS_FILE", "find_metrics", "read_metrics", "metric_series", "panel_keys", "metrics_figure",
-           "plot_metrics"]
+__all__ = ["METRICS_FILE", "FIGURE_FORMATS", "find_metrics", "read_metrics", "metric_series", "panel_keys",
+           "metrics_figure", "plot_metrics"]
 
 METRICS_FILE = "metrics.json"
+FIGURE_FORMATS = (".png", ".pdf", ".svg")  # chosen by the output's extension
 logger = logging.getLogger("sact_det")
 Series = Dict[str, Tuple[np.ndarray, np.ndarray]]  # key -> (iterations, values)
 
 # Panels, in order: a key matches the first pattern it fits; unmatched keys are not drawn.
+# Evaluation results of a run with several test sets are prefixed by the dataset's name.
+EVALUATION_PREFIX = r"(?:[^/]+/)?"
 PANEL_PATTERNS = (
     r"total_loss", r"loss_(?!ponder$).+", r"loss_ponder",
     r"sact/ponder_cost/.+", r"sact/units/.+",
-    r"lr", r"bbox/AP", r"sact/FLOPs_pct",
+    r"lr", EVALUATION_PREFIX + r"bbox/AP", EVALUATION_PREFIX + r"sact/FLOPs_pct",
 )
 
 
@@ -135,10 +140,14 @@ def metrics_figure(all_series: Sequence[Series], names: Sequence[str], columns: 
 
 
 def plot_metrics(runs: Sequence[str], output: str, labels: Optional[Sequence[str]] = None) -> List[str]:
-    """Writes a PNG of the training curves of ``runs`` (OUTPUT_DIRs or
-    ``metrics.json`` files) overlaid, one panel per quantity; returns the keys drawn."""
+    """Writes the training curves of ``runs`` (OUTPUT_DIRs or ``metrics.json``
+    files) overlaid, one panel per quantity, as PNG, PDF or SVG (by the
+    extension of ``output``); returns the keys drawn."""
+    extension = os.path.splitext(output)[1].lower()
+    if extension not in FIGURE_FORMATS:
+        raise ValueError(f"{output}: expected a file name ending in {', '.join(FIGURE_FORMATS)}")
     all_series = [metric_series(read_metrics(find_metrics(run))) for run in runs]
     fig = metrics_figure(all_series, _labels(runs, labels))
     with atomic_path(output) as temporary:
-        fig.savefig(temporary, format="png", dpi=80)
+        fig.savefig(temporary, format=extension[1:], dpi=80)
     return panel_keys(all_series)

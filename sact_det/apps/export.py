@@ -14,7 +14,14 @@ The exported module takes one image, ``float32 [3, H, W]`` in ``INPUT.FORMAT``
 does, and returns a tuple of tensors named in :func:`output_names` (also stored
 in the file as ``sact_outputs.json``): boxes ``[N, 4]`` (x0, y0, x1, y1 in the
 input's pixels), scores ``[N]``, classes ``[N]``, then per block the ponder
-cost map and the number of evaluated units per position, at the block's resolution.
+cost map and the number of evaluated units per position, at the block's
+resolution. The outputs carry no autograd graph (the parameters are frozen
+before tracing).
+
+Only TorchScript tracing is provided (Detectron2's ``--export-method tracing``,
+``--format torchscript``). Scripting cannot compile Detectron2's and the
+halting's Python control flow, and ONNX is not provided: the ``onnx`` package
+is not a dependency, and an ONNX export of the data-dependent detection counts is untested.
 """
 import importlib.util
 import json
@@ -34,10 +41,11 @@ from sact_det.engine.predictor import build_inference_model
 from sact_det.modeling.sact.adaptive_stage import every_unit_evaluated
 from sact_det.utils.files import atomic_path
 
-__all__ = ["FORMATS", "ExportError", "check_exportable", "output_names", "traceable_inference",
-           "export_torchscript", "sample_inputs", "export_model", "OUTPUTS_FILE"]
+__all__ = ["FORMATS", "EXPORT_METHODS", "ExportError", "check_exportable", "output_names", "traceable_inference",
+           "check_format", "export_torchscript", "sample_inputs", "export_model", "OUTPUTS_FILE"]
 
-FORMATS = ("torchscript", "onnx")
+FORMATS = ("torchscript",)
+EXPORT_METHODS = ("tracing",)  # Detectron2's --export-method values that sact-det provides
 OUTPUTS_FILE = "sact_outputs.json"  # extra file in the TorchScript archive: the output names
 
 
@@ -85,9 +93,11 @@ def traceable_inference(model, inputs) -> Tuple[torch.Tensor, ...]:
 
 def export_torchscript(model, inputs: List[dict], path: str):
     """Traces ``model`` on ``inputs`` (one image, Detectron2's input format)
-    and saves it to ``path``; returns the traced module."""
+    and saves it to ``path``; returns the traced module. ``model``'s parameters
+    are frozen (``requires_grad`` False) first, so the exported outputs carry no autograd graph."""
     check_exportable(model)
     image = inputs[0]["image"]
+    model.requires_grad_(False)  # the traced graph computes no gradients: outputs without grad_fn
     adapter = TracingAdapter(model, [{"image": image}], inference_func=traceable_inference)
     extra = {OUTPUTS_FILE: json.dumps({"inputs": ["image: float32 [3, H, W], INPUT.FORMAT, 0-255, resized"],
                                        "outputs": output_names(model)})}
@@ -118,17 +128,25 @@ def sample_inputs(cfg, sample_image: Optional[str] = None) -> List[dict]:
     return next(iter(build_detection_test_loader(cfg, cfg.DATASETS.TEST[0])))
 
 
-def export_model(cfg, output_dir: str, export_format: str = "torchscript",
-                 sample_image: Optional[str] = None) -> Tuple[str, Sequence[str]]:
-    """Builds the detector of ``cfg`` (``MODEL.WEIGHTS`` loaded) and writes
-    ``output_dir/model.ts``; returns (path, output names)."""
+def check_format(export_format: str, export_method: str = "tracing") -> None:
+    """Raises :class:`ExportError` for a format or export method that is not provided, saying why."""
     if export_format == "onnx":
         missing = importlib.util.find_spec("onnx") is None
         raise ExportError("--format onnx: not provided: " + (
             "the onnx package is not installed, and " if missing else "") +
             "sact-det's ONNX export is not tested; use --format torchscript")
-    if export_format != "torchscript":
-        raise ExportError(f"--format: expected one of {FORMATS}, got {export_format!r}")
+    if export_format not in FORMATS:
+        raise ExportError(f"--format: expected one of {', '.join(FORMATS)}, got {export_format!r}")
+    if export_method not in EXPORT_METHODS:
+        raise ExportError(f"--export-method {export_method}: not provided: only tracing (scripting cannot "
+                          "compile Detectron2's and the halting's Python control flow); use --export-method tracing")
+
+
+def export_model(cfg, output_dir: str, export_format: str = "torchscript",
+                 sample_image: Optional[str] = None, export_method: str = "tracing") -> Tuple[str, Sequence[str]]:
+    """Builds the detector of ``cfg`` (``MODEL.WEIGHTS`` loaded) and writes
+    ``output_dir/model.ts`` (:func:`check_format` first); returns (path, output names)."""
+    check_format(export_format, export_method)
     model = build_inference_model(cfg)
     path = os.path.join(output_dir, "model.ts")
     export_torchscript(model, sample_inputs(cfg, sample_image), path)

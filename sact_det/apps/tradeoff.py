@@ -7,12 +7,17 @@ its own process and output directory, so a member that diverges is marked
 failed and the rest go on, and a killed ladder resumes: finished members are
 skipped, an interrupted one continues from its last checkpoint. The state is
 ``tradeoff.json``, rewritten atomically after every member.
+
+Progress: a line when each member starts (member i of n, where its log is)
+and, while one trains, a line every minute with its iteration and the time
+left (read from the ``metrics.json`` it writes), for it and for the ladder.
 """
 import json
 import logging
 import os
 import subprocess
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence
 
@@ -21,7 +26,8 @@ import numpy as np
 from sact_det.config import get_config_file
 from sact_det.utils.files import atomic_path
 
-__all__ = ["Member", "default_ladder", "run_ladder", "summarize", "markdown_table", "plot"]
+__all__ = ["Member", "default_ladder", "Progress", "last_metrics", "run_ladder", "summarize", "markdown_table",
+           "plot"]
 
 logger = logging.getLogger("sact_det")
 STATE_FILE = "tradeoff.json"
@@ -98,15 +104,100 @@ def _final_results(output_dir: str, datasets: Sequence[str]) -> Dict[str, float]
     return results
 
 
-def _train(member: Member, output_dir: str, schedule: List[str], datasets: Sequence[str]) -> None:
-    """Trains and evaluates one member with ``tools/train_net.py``'s program (resuming if interrupted)."""
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def last_metrics(path: str) -> Optional[dict]:
+    """The last record with an iteration of a ``metrics.json`` being written
+    (None before the first; a line cut short by the writer is passed over)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("iteration"), (int, float)):
+            return record
+    return None
+
+
+@dataclass
+class Progress:
+    """Member ``index`` of ``total`` while it trains; ``trainings_after``: the
+    trainings still to run after it (for the ladder's time left)."""
+
+    index: int
+    total: int
+    name: str
+    max_iter: Optional[int] = None
+    trainings_after: int = 0
+    interval_s: float = 60.0  # between two progress lines
+    poll_s: float = 5.0  # between two looks at metrics.json
+
+    def line(self, record: dict, elapsed: float) -> str:
+        """``[i/n] name: iteration k/N, about T left (the ladder: U)``."""
+        iteration = int(record["iteration"]) + 1  # Detectron2 counts from 0
+        text = f"[{self.index}/{self.total}] {self.name}: iteration {iteration}"
+        if not self.max_iter:
+            return text
+        left = record.get("eta_seconds")  # Detectron2's own estimate
+        if not isinstance(left, (int, float)):
+            left = elapsed / iteration * max(self.max_iter - iteration, 0)
+        text += f"/{self.max_iter}, about {_duration(left)} left"
+        if self.trainings_after:
+            member = elapsed + left  # what one training takes here
+            text += f" (the ladder: about {_duration(left + self.trainings_after * member)})"
+        return text
+
+    def wait(self, process: subprocess.Popen, metrics_path: str) -> int:
+        """Waits for the training ``process`` to end, logging :meth:`line` every
+        ``interval_s`` seconds when it advanced; returns its exit status. An
+        interrupted wait (Ctrl-C) kills the process, as ``subprocess.run`` does."""
+        start = last_line = time.monotonic()
+        shown = None
+        while True:
+            try:
+                return process.wait(timeout=self.poll_s)
+            except subprocess.TimeoutExpired:
+                pass
+            except BaseException:
+                process.kill()
+                process.wait()
+                raise
+            now = time.monotonic()
+            if now - last_line < self.interval_s:
+                continue
+            record = last_metrics(metrics_path)
+            if record is not None and record["iteration"] != shown:
+                logger.info(self.line(record, now - start))
+                shown, last_line = record["iteration"], now
+
+
+def _schedule_iterations(schedule: Sequence[str]) -> Optional[int]:
+    """``SOLVER.MAX_ITER`` of the schedule's overrides, if it sets it."""
+    values = dict(zip(schedule[::2], schedule[1::2]))
+    return int(values["SOLVER.MAX_ITER"]) if "SOLVER.MAX_ITER" in values else None
+
+
+def _train(member: Member, output_dir: str, schedule: List[str], datasets: Sequence[str],
+           progress: Progress) -> None:
+    """Trains and evaluates one member with ``tools/train_net.py``'s program
+    (resuming if interrupted), showing its ``progress``."""
     log = os.path.join(output_dir, "train.log")
     os.makedirs(output_dir, exist_ok=True)
     cmd = [sys.executable, "-m", "sact_det.engine.train_net", "--config-file",
            get_config_file(member.config), "--resume", *member.opts, *schedule, "SEED", str(member.seed),
            "DATASETS.TEST", str(tuple(datasets)), "OUTPUT_DIR", output_dir]
     with open(log, "a") as f:
-        status = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
+        status = progress.wait(subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT),
+                               os.path.join(output_dir, "metrics.json"))
     if status != 0:
         with open(log) as f:
             tail = [line.strip() for line in f.readlines()[-40:] if line.strip()]
@@ -148,7 +239,8 @@ def run_ladder(output_dir: str, members: List[Member], schedule: List[str], data
                offsets: Sequence[float] = (), offset_of: str = "SACT_tau=0.01_seed0") -> List[Member]:
     """Trains and evaluates every member not already done (resuming after a
     kill), then the offset curve of member ``offset_of``; writes the state
-    after each. Returns all members."""
+    after each. Logs each member's start and, while it trains, its progress
+    (:class:`Progress`). Returns all members."""
     os.makedirs(output_dir, exist_ok=True)
     state_path = os.path.join(output_dir, STATE_FILE)
     previous = _load_state(state_path)
@@ -160,22 +252,34 @@ def run_ladder(output_dir: str, members: List[Member], schedule: List[str], data
         done = previous.get(member.name)
         if done and done["status"] == "done":
             member.status, member.results = "done", done["results"]
-    for member in everything:
+    pending = [m for m in everything if m.status != "done"]
+    logger.info(f"tradeoff: {len(pending)} of {len(everything)} members to run "
+                f"({len(everything) - len(pending)} done earlier); each member trains in its own process, "
+                f"its log in {os.path.join(output_dir, '<member>', 'train.log')}")
+    for index, member in enumerate(everything, start=1):
         if member.status == "done":
             continue
-        logger.info(f"tradeoff: {member.name}")
+        start = time.monotonic()
         try:
             if member.offset is None:
-                _train(member, os.path.join(output_dir, member.name), schedule, datasets)
+                member_dir = os.path.join(output_dir, member.name)
+                logger.info(f"[{index}/{len(everything)}] {member.name}: training "
+                            f"(log: {os.path.join(member_dir, 'train.log')})")
+                trainings_after = sum(1 for m in everything[index:] if m.status != "done" and m.offset is None)
+                progress = Progress(index, len(everything), member.name, _schedule_iterations(schedule),
+                                    trainings_after)
+                _train(member, member_dir, schedule, datasets, progress)
             else:
+                logger.info(f"[{index}/{len(everything)}] {member.name}: evaluating")
                 source = trained[offset_of]
                 if source.status != "done":
                     raise RuntimeError(f"{offset_of} did not train")
                 _evaluate_offset(member, os.path.join(output_dir, source.name, "model_final.pth"), datasets)
             member.status, member.error = "done", ""
+            logger.info(f"[{index}/{len(everything)}] {member.name}: done in {_duration(time.monotonic() - start)}")
         except Exception as e:  # noqa: BLE001 - one failed member must not stop the ladder
             member.status, member.error = "failed", str(e)
-            logger.error(f"tradeoff: {member.name} failed: {e}")
+            logger.error(f"[{index}/{len(everything)}] {member.name} failed: {e}")
         _save_state(state_path, everything, settings)
     _save_state(state_path, everything, settings)
     return everything

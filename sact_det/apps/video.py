@@ -1,5 +1,6 @@
-"""Ponder cost over a video: every frame with its detections and ponder overlay,
-and a per-frame CSV of FLOPs and ponder cost (``tools/visualize_ponder.py --video-input``).
+"""Ponder cost over a video or a camera: every frame with its detections and
+ponder overlay, and a per-frame CSV of FLOPs and ponder cost
+(``tools/visualize_ponder.py --video-input``, ``tools/demo.py --video-input / --webcam``).
 
 Frames are read and written with OpenCV (``mp4v`` in ``.mp4``, which
 opencv-python-headless writes; ``MJPG`` in ``.avi`` where it cannot). The
@@ -7,9 +8,8 @@ colour scale is fixed for the whole video (``value_range``, or the first
 frame's min/max), so that colours can be compared from frame to frame.
 """
 import csv
-import itertools
 import os
-from typing import Optional, Tuple
+from typing import Iterable, Iterator, Optional, Tuple, Union
 
 import cv2
 import numpy as np
@@ -21,7 +21,7 @@ from sact_det.apps.visualization import PonderVisualization, ponder_visualizatio
 from sact_det.engine.predictor import SACTPredictor
 from sact_det.utils.files import atomic_path, partial_name
 
-__all__ = ["VIDEO_FORMATS", "video_frame", "visualize_video"]
+__all__ = ["VIDEO_FORMATS", "video_frame", "open_capture", "ponder_frames", "record_video", "visualize_video"]
 
 # (fourcc, extension), in order of preference.
 VIDEO_FORMATS = (("mp4v", ".mp4"), ("MJPG", ".avi"))
@@ -42,11 +42,35 @@ def video_frame(vis: PonderVisualization, score_threshold: float,
     return frame
 
 
-def _open_capture(path: str):
-    capture = cv2.VideoCapture(path)
+def open_capture(source: Union[str, int], option: str = "--video-input"):
+    """``cv2.VideoCapture`` of a video file or a camera index; ``option``
+    names the argument in the error when it cannot be opened."""
+    capture = cv2.VideoCapture(source)
     if not capture.isOpened():
-        raise ValueError(f"--video-input: expected a video OpenCV can read, cannot open {path!r}")
+        what = f"camera {source}" if isinstance(source, int) else repr(source)
+        raise ValueError(f"{option}: expected a video OpenCV can read, cannot open {what}")
     return capture
+
+
+def capture_fps(capture) -> float:
+    """The capture's frame rate, 25 when it does not say."""
+    fps = capture.get(cv2.CAP_PROP_FPS)
+    return fps if fps and np.isfinite(fps) and fps > 0 else 25.0
+
+
+def ponder_frames(predictor: SACTPredictor, capture, score_threshold: float = 0.5,
+                  value_range: Optional[Tuple[float, float]] = None
+                  ) -> Iterator[Tuple[PonderVisualization, np.ndarray]]:
+    """(visualisation, drawn BGR frame of :func:`video_frame`) for each frame
+    of ``capture`` until it ends; one colour scale for all (``value_range``, or
+    the first frame's)."""
+    while True:
+        ok, bgr = capture.read()
+        if not ok:
+            return
+        vis = ponder_visualization(bgr[:, :, ::-1], predictor.ponder_output(bgr), predictor.metadata)
+        value_range = value_range or vis.value_range()
+        yield vis, video_frame(vis, score_threshold, value_range)
 
 
 def _open_writer(stem: str, fps: float, size: Tuple[int, int]):
@@ -72,51 +96,60 @@ def _row(index: int, fps: float, vis: PonderVisualization, score_threshold: floa
     return row
 
 
-def visualize_video(predictor: SACTPredictor, video_path: str, output_dir: str, score_threshold: float = 0.5,
-                    value_range: Optional[Tuple[float, float]] = None, progress: bool = True):
-    """Writes ``<name>_ponder.mp4`` (or ``.avi``) and ``<name>_ponder.csv`` in
-    ``output_dir``; returns (video path, CSV path, number of frames).
+def record_video(frames: Iterable[Tuple[PonderVisualization, np.ndarray]], stem: str, fps: float,
+                 score_threshold: float = 0.5, until_interrupted: bool = False, source: str = "the video"):
+    """Writes the frames of :func:`ponder_frames` to ``<stem>.mp4`` (or ``.avi``)
+    and one row per frame to ``<stem>.csv``; returns (video path, CSV path,
+    number of frames). No frame at all is an error naming ``source``.
 
-    Both files appear only once every frame is done: an interruption or an
-    error leaves neither (nor a partial one).
+    Both files appear only once every frame is done: an error or an
+    interruption leaves neither (nor a partial one), unless
+    ``until_interrupted`` (a camera, which runs until Ctrl-C): then Ctrl-C
+    ends the recording and the frames so far are kept.
     """
-    capture = _open_capture(video_path)
-    fps = capture.get(cv2.CAP_PROP_FPS)
-    fps = fps if fps and np.isfinite(fps) and fps > 0 else 25.0
-    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
-    os.makedirs(output_dir, exist_ok=True)
-    stem = os.path.join(output_dir, os.path.splitext(os.path.basename(video_path))[0] + "_ponder")
-    strides = predictor.model.backbone.stage_strides
     writer, temporary, final, count = None, None, None, 0
     try:
         with atomic_path(stem + ".csv") as csv_temporary, open(csv_temporary, "w", newline="") as f:
             table = None
-            # The frame count of a container can be wrong: it only sizes the bar.
-            for index in tqdm(itertools.count(), total=total, desc="frames", unit="frame",
-                              disable=not progress):
-                ok, bgr = capture.read()
-                if not ok:
-                    break
-                vis = ponder_visualization(bgr[:, :, ::-1], predictor.ponder_output(bgr), strides,
-                                           predictor.metadata)
-                value_range = value_range or vis.value_range()
-                if writer is None:
-                    writer, temporary, final = _open_writer(stem, fps, (bgr.shape[1], bgr.shape[0]))
-                writer.write(video_frame(vis, score_threshold, value_range))
-                row = _row(index, fps, vis, score_threshold)
-                if table is None:
-                    table = csv.DictWriter(f, fieldnames=list(row))
-                    table.writeheader()
-                table.writerow(row)
-                count += 1
+            try:
+                for index, (vis, frame) in enumerate(frames):
+                    if writer is None:
+                        writer, temporary, final = _open_writer(stem, fps, (frame.shape[1], frame.shape[0]))
+                    writer.write(frame)
+                    row = _row(index, fps, vis, score_threshold)
+                    if table is None:
+                        table = csv.DictWriter(f, fieldnames=list(row))
+                        table.writeheader()
+                    table.writerow(row)
+                    count += 1
+            except KeyboardInterrupt:
+                if not until_interrupted:
+                    raise
             if count == 0:
-                raise ValueError(f"--video-input: no frame could be read from {video_path!r}")
+                raise ValueError(f"{source}: no frame could be read")
             writer.release()
             os.replace(temporary, final)
     finally:
-        capture.release()
         if writer is not None:
             writer.release()
         if temporary and os.path.exists(temporary):
             os.remove(temporary)
     return final, stem + ".csv", count
+
+
+def visualize_video(predictor: SACTPredictor, video_path: str, output_dir: str, score_threshold: float = 0.5,
+                    value_range: Optional[Tuple[float, float]] = None, progress: bool = True):
+    """Writes ``<name>_ponder.mp4`` (or ``.avi``) and ``<name>_ponder.csv`` in
+    ``output_dir`` (:func:`record_video`); returns (video path, CSV path, number of frames)."""
+    capture = open_capture(video_path)
+    try:
+        # The frame count of a container can be wrong: it only sizes the bar.
+        total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+        frames = tqdm(ponder_frames(predictor, capture, score_threshold, value_range), total=total,
+                      desc="frames", unit="frame", disable=not progress)
+        os.makedirs(output_dir, exist_ok=True)
+        stem = os.path.join(output_dir, os.path.splitext(os.path.basename(video_path))[0] + "_ponder")
+        return record_video(frames, stem, capture_fps(capture), score_threshold,
+                            source=f"--video-input {video_path!r}")
+    finally:
+        capture.release()

@@ -33,12 +33,11 @@ from detectron2.utils.visualizer import Visualizer
 
 from sact_det.data.images import is_image_file, read_image_rgb
 from sact_det.engine.predictor import SACTPredictor
-from sact_det.modeling.maps import map_to_image
 from sact_det.modeling.report import SACTReport
 from sact_det.utils.files import atomic_path
 
 __all__ = ["PonderVisualization", "colorize", "visualize", "ponder_visualization", "expand_inputs",
-           "visualize_files"]
+           "unique_stem", "visualize_files"]
 
 DEFAULT_CMAP = "inferno"
 MAX_DISPLAY_SIDE = 1024  # pixels: longer side of the images and maps drawn
@@ -156,8 +155,7 @@ def visualize(predictor: SACTPredictor, image, max_side: Optional[int] = MAX_DIS
     else:
         image_bgr = np.asarray(image)
     output = predictor.ponder_output(image_bgr)
-    return ponder_visualization(np.ascontiguousarray(image_bgr[:, :, ::-1]), output,
-                                predictor.model.backbone.stage_strides, predictor.metadata, max_side)
+    return ponder_visualization(np.ascontiguousarray(image_bgr[:, :, ::-1]), output, predictor.metadata, max_side)
 
 
 def _scaled_instances(instances, size: Tuple[int, int], original: Tuple[int, int]):
@@ -169,12 +167,11 @@ def _scaled_instances(instances, size: Tuple[int, int], original: Tuple[int, int
     return scaled
 
 
-def ponder_visualization(image_rgb: np.ndarray, output: dict, strides: Dict[str, int],
-                         metadata=None, max_side: Optional[int] = None) -> PonderVisualization:
+def ponder_visualization(image_rgb: np.ndarray, output: dict, metadata=None,
+                         max_side: Optional[int] = None) -> PonderVisualization:
     """A model output (``instances`` and ``sact``) on ``image_rgb`` as maps at
     the image's resolution, or scaled down so that its longer side is at most
-    ``max_side`` pixels (None: never); ``strides``: each block's stride (the
-    backbone's ``stage_strides``)."""
+    ``max_side`` pixels (None: never)."""
     report = output["sact"]
     original = tuple(image_rgb.shape[:2])
     instances = output["instances"].to("cpu")
@@ -184,12 +181,10 @@ def ponder_visualization(image_rgb: np.ndarray, output: dict, strides: Dict[str,
         size = (max(1, round(original[0] * scale)), max(1, round(original[1] * scale)))
         image_rgb = cv2.resize(image_rgb, (size[1], size[0]), interpolation=cv2.INTER_AREA)
         instances = _scaled_instances(instances, size, original)
-    block_maps = {name: map_to_image(m, report.image_size, size, strides[name])
-                  for name, m in report.ponder_maps.items()}
     return PonderVisualization(
-        image=image_rgb, instances=instances, sact=report,
-        ponder_map=map_to_image(report.ponder_map, report.image_size, size, report.ponder_map_stride),
-        block_maps=block_maps, metadata=metadata, original_size=original)
+        image=image_rgb, instances=instances, sact=report, ponder_map=report.ponder_map_on_image(size),
+        block_maps={name: report.ponder_map_on_image(size, name) for name in report.ponder_maps},
+        metadata=metadata, original_size=original)
 
 
 def expand_inputs(inputs) -> Tuple[list, list]:
@@ -208,6 +203,18 @@ def expand_inputs(inputs) -> Tuple[list, list]:
         else:
             failures.append((item, "no such file, directory, or files matching the pattern"))
     return paths, failures
+
+
+def unique_stem(path: str, used: set) -> str:
+    """The file name of ``path`` without extension, with ``_2``, ``_3``, ... when
+    an earlier input had the same name (in another directory); added to ``used``."""
+    name = stem = os.path.splitext(os.path.basename(path))[0]
+    index = 1
+    while name in used:
+        index += 1
+        name = f"{stem}_{index}"
+    used.add(name)
+    return name
 
 
 def _record(path: str, vis: Optional[PonderVisualization], score_threshold: float,
@@ -252,12 +259,7 @@ def visualize_files(predictor: SACTPredictor, inputs, output_dir: str, score_thr
             continue
         vis = visualize(predictor, image[:, :, ::-1])  # the predictor takes BGR, as Detectron2's
         vis.label_units = label_units
-        name = os.path.splitext(os.path.basename(path))[0]
-        stem, index = name, 1
-        while name in used_names:  # same file name in two input directories
-            index += 1
-            name = f"{stem}_{index}"
-        used_names.add(name)
+        name = unique_stem(path, used_names)
         for suffix, fig in (("ponder", vis.figure(score_threshold, value_range)),
                             ("blocks", vis.blocks_figure(value_range))):
             with atomic_path(os.path.join(output_dir, f"{name}_{suffix}.png")) as temporary:

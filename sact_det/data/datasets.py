@@ -13,10 +13,11 @@ from detectron2.data.datasets import register_coco_instances
 
 from sact_det.data.annotations import validate_on_load
 from sact_det.data.synthetic import CATEGORIES, DATASET_VERSION, dataset_version, generate_dataset, split_paths
-from sact_det.utils.errors import InputFileNotFoundError, InputKeyError
+from sact_det.utils.errors import InputFileNotFoundError, InputKeyError, InputValueError
 
 __all__ = ["SYNTHETIC_SPLITS", "datasets_root", "default_synthetic_root", "register_synthetic",
-           "ensure_synthetic", "check_datasets_exist", "coco_category_names", "register_config_datasets"]
+           "ensure_synthetic", "check_datasets_exist", "coco_category_names", "register_config_datasets",
+           "model_metadata"]
 
 logger = logging.getLogger("sact_det")
 
@@ -144,19 +145,45 @@ def register_config_datasets(cfg) -> List[str]:
             MetadataCatalog.remove(name)
         metadata = {"source": CONFIG_SOURCE}
         if os.path.isfile(json_file):
-            metadata["thing_classes"] = _category_names_for(name, json_file)
+            metadata["thing_classes"] = _category_names_for(name, json_file, f"{CONFIG_SOURCE}: ")
         register_coco_instances(name, metadata, json_file, image_root)
         names.append(name)
     validate_on_load(names)
     return names
 
 
-def _category_names_for(name: str, json_file: str) -> List[str]:
+def model_metadata(cfg):
+    """Detectron2's metadata of the dataset that names a model's classes: the
+    first of ``DATASETS.TEST``, else of ``DATASETS.TRAIN`` (as Detectron2's
+    ``DefaultPredictor`` takes it; neither: an empty entry).
+
+    A dataset of ``DATASETS.COCO_JSON`` is registered (or moved) as the config
+    says, as the tools do (a config from :func:`~sact_det.config.get_sact_cfg`
+    has registered nothing). When the entry
+    has no ``thing_classes`` (a dataset registered with ``register_coco_instances``
+    and no metadata: Detectron2 sets the names only when it loads the
+    annotations), they are read from its ``json_file``'s categories now, by id,
+    as Detectron2 would set them.
+    """
+    names = list(cfg.DATASETS.TEST) or list(cfg.DATASETS.TRAIN)
+    if not names:
+        return MetadataCatalog.get("__unused")
+    name = names[0]
+    if name in [entry[0] for entry in cfg.DATASETS.COCO_JSON]:
+        register_config_datasets(cfg)
+    metadata = MetadataCatalog.get(name)
+    json_file = metadata.get("json_file")
+    if metadata.get("thing_classes") is None and json_file and os.path.isfile(json_file):
+        metadata.thing_classes = _category_names_for(name, json_file)
+    return metadata
+
+
+def _category_names_for(name: str, json_file: str, source: str = "") -> List[str]:
     try:
         return coco_category_names(json_file)
     except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise ValueError(f"DATASETS.COCO_JSON: dataset {name!r}: cannot read the categories of "
-                         f"{json_file!r}: {e}") from None
+        raise InputValueError(f"{source}dataset {name!r}: cannot read the categories of {json_file!r}: "
+                              f"{e}") from None
 
 
 def check_datasets_exist(names: Iterable[str]) -> None:

@@ -16,7 +16,7 @@ from detectron2.evaluation import verify_results
 from sact_det.engine.checkpoint import SACTCheckpointer
 from sact_det.engine.defaults import _prepare, build_config, load_config
 from sact_det.engine.trainer import SACTTrainer, TrainingDivergedError
-from sact_det.utils.cli import ToolParser, run_tool
+from sact_det.utils.cli import ToolParser, add_override_arguments, run_tool
 from sact_det.utils.errors import INPUT_ERROR_STATUS
 from sact_det.utils.runs import OutputDirLock, exit_with_parent
 
@@ -68,11 +68,13 @@ def main(args):
 
 def argument_parser() -> ToolParser:
     """Detectron2's ``tools/train_net.py`` arguments (``--config-file``,
-    ``--eval-only``, ``--resume``, ``--num-gpus``, ..., ``KEY VALUE`` overrides),
-    with one-line errors."""
+    ``--eval-only``, ``--resume``, ``--num-gpus``, ..., ``KEY VALUE`` overrides,
+    also after ``--opts`` as every sact-det tool takes them), with one-line errors."""
     detectron2_parser = default_argument_parser()
-    return ToolParser(detectron2_parser.description, epilog=detectron2_parser.epilog,
-                      parents=[detectron2_parser], add_help=False)
+    parser = ToolParser(detectron2_parser.description, epilog=detectron2_parser.epilog,
+                        parents=[detectron2_parser], add_help=False)
+    add_override_arguments(parser)
+    return parser
 
 
 def _launched_main(args, launcher_pid: int):

@@ -168,10 +168,13 @@ def _image_field(dataset_name: str, field: str) -> Dict:
 
 
 class SACTEvaluator(DatasetEvaluator):
-    """Collects the ``"sact"`` output of :class:`~sact_det.modeling.meta_arch.SACTRCNN` per image."""
+    """Collects the ``"sact"`` output of :class:`~sact_det.modeling.meta_arch.SACTRCNN` per image;
+    ``log_summary``: log the summary tables when evaluating."""
 
-    def __init__(self, dataset_name: str, output_dir: str = None, distributed: bool = True):
+    def __init__(self, dataset_name: str, output_dir: str = None, distributed: bool = True,
+                 log_summary: bool = True):
         self._dataset_name = dataset_name
+        self._log_summary = log_summary
         self._output_dir = output_dir
         self._distributed = distributed
         self._records: List[dict] = []
@@ -224,7 +227,8 @@ class SACTEvaluator(DatasetEvaluator):
                            "is MODEL.META_ARCHITECTURE SACTRCNN?")
             return {}
         summary = summarize_records(records)
-        logger.info(f"SACT evaluation on {self._dataset_name}:\n" + format_summary(summary))
+        if self._log_summary:
+            logger.info(f"SACT evaluation on {self._dataset_name}:\n" + format_summary(summary))
         if self._output_dir:
             PathManager.mkdirs(self._output_dir)
             path = os.path.join(self._output_dir, REPORT_FILE)

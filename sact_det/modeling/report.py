@@ -5,26 +5,42 @@
 ``output["sact"]``. Every consumer (the evaluator, the visualiser, the
 benchmark, the tools) reads its fields; :meth:`SACTReport.record` gives the
 JSON-ready scalars.
-"""
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
 
+Scale: ``image_size`` and the ponder maps are at the *network input's* scale
+(the image after the test-time resizing, e.g. shorter side 600), while the
+detections (``output["instances"]``) are at the original image's scale.
+:meth:`SACTReport.ponder_map_on_image` puts a map onto the original image.
+"""
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
 import torch
 
 from sact_det.modeling.flops import rpn_flops, stage_flops, stem_flops
-from sact_det.modeling.maps import total_ponder_map
+from sact_det.modeling.maps import map_to_image, total_ponder_map
 
 __all__ = ["SACTReport", "build_reports", "add_detector_flops"]
 
 
+# Read-only values computed from the fields, also readable as report[key].
+DERIVED_KEYS = ("flops_pct", "detector_flops", "detector_dense_flops", "detector_flops_pct")
+
+
 @dataclass
-class SACTReport:
+class SACTReport(Mapping):
     """One image's FLOPs, ponder cost and ponder maps (feature extractor: stem + res2-res4).
 
     FLOPs follow the paper's convention (:mod:`sact_det.modeling.flops`); ``dense_flops``
     is the dense reference ResNet's at the same input size
     (``MODEL.SACT.FLOPS_REFERENCE_DEPTH``). Ponder quantities are None for a
-    non-adaptive model (``MODEL.SACT.TYPE none``).
+    non-adaptive model (``MODEL.SACT.TYPE none``). ``image_size`` and the maps
+    are at the network input's scale (see the module's docstring).
+
+    Read it as attributes (``report.flops``) or as a read-only mapping
+    (``report["flops"]``, ``report.keys()``, ``dict(report)``): the keys are the
+    fields below and :data:`DERIVED_KEYS`. :meth:`record` gives the scalars, JSON-ready.
     """
 
     image_size: Tuple[int, int]  # (h, w) of the network input (the resized image)
@@ -71,6 +87,35 @@ class SACTReport:
     @property
     def adaptive(self) -> bool:
         return self.ponder_maps is not None
+
+    def __getitem__(self, key: str):
+        if key not in self._keys():
+            raise KeyError(f"SACTReport has no field {key!r}; its fields: {', '.join(self._keys())}")
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys())
+
+    def __len__(self) -> int:
+        return len(self._keys())
+
+    @classmethod
+    def _keys(cls) -> Tuple[str, ...]:
+        return tuple(f.name for f in fields(cls)) + DERIVED_KEYS
+
+    def ponder_map_on_image(self, image_size: Tuple[int, int], block: Optional[str] = None) -> np.ndarray:
+        """The total ponder cost map (or ``block``'s, e.g. ``"res3"``) as float32
+        ``[H, W]`` over an image of ``image_size`` = (H, W), e.g. the original
+        image (``output["instances"].image_size``): each cell of the map keeps
+        its value over the pixels it covers (nearest neighbour,
+        :func:`~sact_det.modeling.maps.map_to_image`)."""
+        if not self.adaptive:
+            raise ValueError("the model is not adaptive (MODEL.SACT.TYPE none): it has no ponder cost maps")
+        if block is None:
+            return map_to_image(self.ponder_map, self.image_size, image_size, self.ponder_map_stride)
+        if block not in self.ponder_maps:
+            raise KeyError(f"no ponder map of block {block!r}; the blocks are {', '.join(self.ponder_maps)}")
+        return map_to_image(self.ponder_maps[block], self.image_size, image_size, self.ponder_strides[block])
 
     def record(self) -> dict:
         """The scalars, JSON-ready (maps left out)."""

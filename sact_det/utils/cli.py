@@ -10,10 +10,17 @@ expected>`` on stderr and exit status 2 (:data:`INPUT_ERROR_STATUS`)::
     parser = ToolParser(__doc__)
     parser.add_argument("--sizes", nargs="+", type=image_size)
     parser.add_argument("--json", type=output_file(".json"))
+    add_config_arguments(parser)                    # --config-file, and KEY VALUE overrides at the end
     args = parser.parse_args(argv)                  # bad arguments: SystemExit(2)
     check_range(parser, "--ponder-range", args.ponder_range)
     cfg = load_config(args.config_file, args.opts, parser)   # sact_det.engine.defaults
     return run_tool(lambda: work(cfg, args), parser.prog)   # bad input found later: returns 2
+
+Config overrides are spelled as in Detectron2's tools: ``KEY VALUE`` pairs
+that end the command line (``... --output out MODEL.WEIGHTS model.pth``), or
+the same after ``--opts`` (Detectron2's ``demo.py``); :func:`split_overrides`
+finds where they start, so that an option taking several values
+(``--input a.jpg b.jpg``, ``--tasks flop``) may come right before them.
 
 An :class:`~sact_det.utils.errors.InputError` is a problem with what the user gave (a file, a config
 key, an argument, a checkpoint); the package raises it with a message that
@@ -22,17 +29,22 @@ expect (``FileNotFoundError``, ``ValueError``, ...), so ``except ValueError``
 keeps working.
 """
 import argparse
-import logging
 import os
+import re
 import sys
-import warnings
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from sact_det.utils.errors import INPUT_ERROR_STATUS, InputError
+from sact_det.utils.noise import silence_known_noise
 
 __all__ = ["ToolParser", "existing_file", "image_size", "positive_int", "non_negative_int", "positive_float",
            "non_negative_float", "probability", "output_file", "output_dir", "check_range", "add_config_arguments",
-           "error_message", "quiet_known_warnings", "run_tool"]
+           "add_override_arguments", "split_overrides", "OVERRIDES_SYNTAX", "error_message", "run_tool"]
+
+OVERRIDES_SYNTAX = ("KEY VALUE pairs at the end of the command line, after every option "
+                    "(e.g. MODEL.WEIGHTS model_final.pth), or the same after --opts")
+# A config key as written on the command line: MODEL.WEIGHTS, SOLVER.BASE_LR, OUTPUT_DIR.
+_CONFIG_KEY = re.compile(r"[A-Z][A-Z0-9_]*(?:\.[A-Z0-9_]+)*")
 
 
 class ToolParser(argparse.ArgumentParser):
@@ -42,9 +54,32 @@ class ToolParser(argparse.ArgumentParser):
     def __init__(self, description: str = None, **kwargs):
         kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
         super().__init__(description=description, **kwargs)
+        self.takes_overrides = False  # set by add_override_arguments
 
     def error(self, message):
         self.exit(INPUT_ERROR_STATUS, f"{self.prog}: error: {message}\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        """With config overrides (:func:`add_override_arguments`): the overrides
+        are split off first (:func:`split_overrides`) and checked, the rest is
+        parsed as usual; ``namespace.opts`` is the list of overrides."""
+        if not self.takes_overrides:
+            return super().parse_known_args(args, namespace)
+        head, overrides = split_overrides(list(sys.argv[1:] if args is None else args))
+        namespace, extras = super().parse_known_args(head, namespace)
+        # Words left over before the first key (a positional argument where none is
+        # expected) land in the positional ``opts`` and are checked with the rest.
+        namespace.opts = list(namespace.opts or []) + overrides
+        self._check_overrides(namespace.opts)
+        return namespace, extras
+
+    def _check_overrides(self, opts: List[str]) -> None:
+        option = next((key for key in opts[::2] if key.startswith("-")), None)
+        if option is not None:
+            self.error(f"argument {option}: options go before the config overrides ({OVERRIDES_SYNTAX})")
+        if len(opts) % 2:
+            self.error(f"config overrides: expected {OVERRIDES_SYNTAX}; got an odd number of words: "
+                       f"{' '.join(opts)}")
 
 
 def existing_file(path: str) -> str:
@@ -150,26 +185,56 @@ def check_range(parser: argparse.ArgumentParser, option: str, values: Optional[S
         parser.error(f"argument {option}: MIN must be less than MAX, got {values[0]:g} {values[1]:g}")
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    """``--config-file`` and ``--opts KEY VALUE ...``, as the other tools have them."""
-    parser.add_argument("--config-file", required=required, type=existing_file, metavar="FILE",
-                        help="model config (YAML)")
-    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE",
-                        help="config overrides, e.g. MODEL.WEIGHTS output/demo/model_final.pth")
+def add_config_arguments(parser: "ToolParser", required: bool = True, default: Optional[str] = None) -> None:
+    """``--config-file FILE`` (``default``: not required) and the config
+    overrides (:func:`add_override_arguments`), as every tool has them."""
+    parser.add_argument("--config-file", required=required and default is None, default=default,
+                        type=existing_file, metavar="FILE", help="model config (YAML)")
+    add_override_arguments(parser)
+
+
+def add_override_arguments(parser: "ToolParser") -> None:
+    """Config overrides as Detectron2's tools take them: ``KEY VALUE`` pairs at
+    the end of the command line (the positional ``opts``; kept if the parser has
+    it, as Detectron2's ``default_argument_parser`` does), or after ``--opts``.
+    Both end up in ``args.opts``; see :meth:`ToolParser.parse_known_args`."""
+    if not any(action.dest == "opts" and not action.option_strings for action in parser._actions):
+        parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE",
+                            help="config overrides: KEY VALUE pairs that end the command line, "
+                                 "e.g. MODEL.WEIGHTS output/demo/model_final.pth")
+    parser.add_argument("--opts", dest="opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE",
+                        help="the same overrides after --opts (as Detectron2's demo.py takes them)")
+    parser.takes_overrides = True
+
+
+def _config_roots() -> Tuple[set, set]:
+    """(sections, top-level values) of Detectron2's config: MODEL, SOLVER, ...; OUTPUT_DIR, SEED, ..."""
+    from detectron2.config import CfgNode, get_cfg
+
+    cfg = get_cfg()
+    return ({key for key, value in cfg.items() if isinstance(value, CfgNode)},
+            {key for key, value in cfg.items() if not isinstance(value, CfgNode)})
+
+
+def split_overrides(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """``argv`` -> (options, config overrides). The overrides start after
+    ``--opts`` or at the first word that is a config key: upper case, and a
+    section of Detectron2's config followed by a dotted path (``MODEL.WEIGHTS``,
+    also misspelt ones, which the config then names) or one of its top-level
+    values (``OUTPUT_DIR``, ``SEED``). File names (``IMG_0001.JPG``) are not keys."""
+    sections, values = _config_roots()
+    argv = list(argv)
+    for index, word in enumerate(argv):
+        root, dot, _ = word.partition(".")
+        if word == "--opts" or (_CONFIG_KEY.fullmatch(word) and root in (sections if dot else values)):
+            start = index + (word == "--opts")
+            return argv[:index], [w for w in argv[start:] if w != "--opts"]
+    return argv, []
 
 
 def error_message(error: BaseException) -> str:
     # KeyError quotes its argument; the message reads better bare.
     return str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
-
-
-def quiet_known_warnings() -> None:
-    """Silences two messages that Detectron2's and torch's own code print on
-    every run, which a user cannot act on: torch's ``meshgrid`` indexing notice
-    (from Detectron2's anchor generator) and its ``is_fx_tracing`` notice (from
-    Detectron2's ROI pooler). For our command-line entry points only."""
-    warnings.filterwarnings("ignore", message=r"torch\.meshgrid: in an upcoming release", category=UserWarning)
-    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
 
 
 def run_tool(main: Callable[[], Optional[int]], prog: str = None) -> int:
@@ -178,7 +243,7 @@ def run_tool(main: Callable[[], Optional[int]], prog: str = None) -> int:
     file, a bad config key or value, a checkpoint that does not fit) become one
     ``prog: error: ...`` line on stderr and status :data:`INPUT_ERROR_STATUS`."""
     prog = prog or os.path.basename(sys.argv[0])
-    quiet_known_warnings()
+    silence_known_noise()
     try:
         return main() or 0
     except (InputError, FileNotFoundError, PermissionError, KeyError, ValueError) as e:

@@ -6,6 +6,7 @@ import torch
 from sact_det.apps.benchmark.models import build_compared_models
 from sact_det.apps.benchmark.points import benchmark_image, calibrate, flops_pct, set_halting_profile
 from sact_det.apps.benchmark.tuned import TunedBackbone
+from sact_det.utils.noise import quiet_profiler_logs
 
 __all__ = ['profile_point']
 
@@ -53,6 +54,7 @@ def profile_point(cfg, height: int, width: int, target_pct: float, execution: st
     for label, _ in chains:
         lines.append(f"  {label} block latency (ms, min of {repeats}): " +
                      ", ".join(f"{name} {min(t):.1f}" for name, t in times[label].items()))
+    quiet_profiler_logs()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         sact.forward_with_sact(x, [(height, width)])
     averages = prof.key_averages()

@@ -7,6 +7,8 @@ from typing import Callable, Dict, List, Sequence
 import numpy as np
 import torch
 
+from sact_det.utils.noise import quiet_profiler_logs
+
 __all__ = ['machine_description', 'time_round_robin', 'peak_memory_mb', 'time_breakdown']
 
 
@@ -57,6 +59,7 @@ def peak_memory_mb(fn: Callable, x: torch.Tensor) -> float:
         fn(x)
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+    quiet_profiler_logs()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
         fn(x)
     events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
