@@ -14,6 +14,10 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # no start-up notices
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+try:  # torch's Triton, if installed, before TensorFlow: imported after it, Triton crashes the process
+    import triton  # noqa: F401
+except ImportError:
+    pass
 import tensorflow as tf  # noqa: E402  (the "tf" extra; installed by `make install`)
 
 v1 = tf.compat.v1

@@ -5,14 +5,18 @@ official variable names and shapes of a tiny network, random values).
 """
 import sys
 
+import os
+
 import numpy as np
 import pytest
 import torch
+import yaml
 from conftest import load_tool
-from official_tf import slim_variables, random_values, write_checkpoint
+from official_tf import random_values, slim_variables, write_checkpoint
 
-from sact_det.apps.convert_tf import convert_official_checkpoint
+from sact_det.apps.convert_tf import Conversion, classifier_config, convert_official_checkpoint
 from sact_det.apps.tf_variables import OfficialModel, official_variables
+from sact_det.config.model_zoo import CONFIG_ROOT
 
 TINY_UNITS = (2, 3, 2, 2)
 HALTING_TYPES = ("sact", "act", "none")
@@ -71,9 +75,21 @@ def expected_tensors(values, halting):
 @pytest.mark.parametrize("halting", HALTING_TYPES)
 def test_every_variable_lands_in_its_place(tmp_path, halting):
     prefix, values = tiny_checkpoint(tmp_path, halting)
-    conversion, _ = convert_official_checkpoint(prefix, str(tmp_path / "converted.pth"))
+    conversion, config = convert_official_checkpoint(prefix, str(tmp_path / "converted.pth"))
     assert conversion.model == OfficialModel(halting=halting, units=TINY_UNITS, bottleneck=4, stem=64,
                                              num_classes=10)
+    assert config == str(tmp_path / "converted.yaml")
+    written = yaml.safe_load(open(config))
+    base = {"sact": "sact", "act": "act", "none": "dense"}[halting]
+    assert written["_BASE_"] == os.path.join(CONFIG_ROOT, f"imagenet/{base}_R101_preact.yaml")
+    assert written["MODEL"]["WEIGHTS"] == str(tmp_path / "converted.pth")
+    assert written["MODEL"]["SACT"] == {"TYPE": halting, "UNIT_TYPE": "pre_activation", "HALTING_NORM": True,
+                                       "HALTING_PADDING": "zeros", "NUM_UNITS": [2, 3, 2], "RES5_NUM_UNITS": 2}
+    assert written["MODEL"]["RESNETS"] == {"STEM_OUT_CHANNELS": 64, "RES2_OUT_CHANNELS": 16, "WIDTH_PER_GROUP": 4}
+    assert written["MODEL"]["CLASSIFIER"] == {"NUM_CLASSES": 10}
+    # the official input: RGB scaled to [-1, 1]
+    assert written["INPUT"] == {"FORMAT": "RGB"}
+    assert written["MODEL"]["PIXEL_MEAN"] == written["MODEL"]["PIXEL_STD"] == [127.5] * 3
     expected = expected_tensors(values, halting)
     assert len(expected) == len(values)  # one parameter per TF variable
     saved = torch.load(tmp_path / "converted.pth", map_location="cpu", weights_only=True)
@@ -99,7 +115,16 @@ def test_full_size_names_match_the_official_graph():
         assert len({v.target for v in table.values()}) == num_variables  # no two land in one place
 
 
-def test_training_only_variables_are_left_out_and_listed(tmp_path, sact_log):
+def test_the_released_resnet101_gets_the_r101_config():
+    model = OfficialModel(halting="sact", units=(3, 4, 23, 3), bottleneck=64, stem=64, num_classes=1001)
+    config = classifier_config(Conversion(model=model, state_dict={}, num_classes=1000, ignored=[]), "w/r101.pth")
+    assert config["MODEL"]["RESNETS"] == {"STEM_OUT_CHANNELS": 64, "RES2_OUT_CHANNELS": 256, "WIDTH_PER_GROUP": 64,
+                                          "DEPTH": 101}
+    assert (config["MODEL"]["SACT"]["NUM_UNITS"], config["MODEL"]["SACT"]["RES5_NUM_UNITS"]) == ([3, 4, 23], 3)
+    assert config["MODEL"]["WEIGHTS"] == os.path.abspath("w/r101.pth")
+
+
+def test_training_only_variables_are_left_out_and_listed(tmp_path, sact_log, capsys):
     prefix, values = tiny_checkpoint(tmp_path, "sact", training_extras=True)
     conversion, _ = convert_official_checkpoint(prefix, str(tmp_path / "converted.pth"))
     moving = [n for n in values if "moving_" in n]
@@ -109,6 +134,25 @@ def test_training_only_variables_are_left_out_and_listed(tmp_path, sact_log):
     assert "resnet_v2/postnorm/moving_mean/ExponentialMovingAverage" in conversion.ignored
     assert f"left out {len(conversion.ignored)} training-only variable(s)" in sact_log.text
     assert "global_step" in sact_log.text
+    assert load_tool("convert_sact_tf_checkpoint").main([prefix, str(tmp_path / "tool.pth")]) == 0
+    printed = capsys.readouterr().out
+    assert f"left out {len(conversion.ignored)} training-only variable(s): global_step, resnet_v2/" in printed
+
+
+def test_the_background_output_is_left_out_unless_kept(tmp_path, capsys):
+    """ImageNet models (1001 outputs, 0 = TF-Slim's background): output i of the
+    converted model is TF's output i + 1, the i-th synset in sorted order."""
+    values = random_values(slim_variables("sact", TINY_UNITS, classes=1001))
+    prefix = write_checkpoint(str(tmp_path / "model.ckpt"), values)
+    weights, biases = values["resnet_v2/logits/weights"][0, 0].T, values["resnet_v2/logits/biases"]
+    tool = load_tool("convert_sact_tf_checkpoint")
+    for name, options, first in (("imagenet", [], 1), ("kept", ["--keep-background"], 0)):
+        assert tool.main([prefix, str(tmp_path / f"{name}.pth"), *options]) == 0
+        assert f"{1001 - first} classes" in capsys.readouterr().out
+        state = torch.load(tmp_path / f"{name}.pth", weights_only=True)["model"]
+        np.testing.assert_array_equal(state["linear.weight"].numpy(), weights[first:])
+        np.testing.assert_array_equal(state["linear.bias"].numpy(), biases[first:])
+        assert yaml.safe_load(open(tmp_path / f"{name}.yaml"))["MODEL"]["CLASSIFIER"] == {"NUM_CLASSES": 1001 - first}
 
 
 def one_error_line(capsys) -> str:

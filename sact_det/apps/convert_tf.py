@@ -11,6 +11,12 @@ with a variable it cannot map or a parameter left without a value, and writes
   units per block, widths, classes) and the official input convention (RGB
   scaled to [-1, 1]), with ``MODEL.WEIGHTS`` set to ``NAME.pth``.
 
+The released ImageNet models have 1001 outputs: TF-Slim's ImageNet labels are 1-1000
+for the synsets in sorted order and 0 is "background", which no training image
+has. Unless asked to keep it, the background output is left out, so that
+output ``i`` is the ``i``-th class of an ImageNet folder in sorted order (what
+``DATASETS.IMAGE_FOLDERS`` and the ``imagenet_*`` datasets number ``i``).
+
 TensorFlow is imported here only, and only when a checkpoint is read: it is
 the optional extra ``sact-det[tf]``.
 """
@@ -21,25 +27,37 @@ from typing import Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 import torch
+import yaml
 
 from sact_det.apps.tf_variables import (OfficialModel, detect_model, is_training_only, listed,
                                         official_variables, to_pytorch_layout)
+from sact_det.config import UNITS_PER_DEPTH
+from sact_det.config.model_zoo import CONFIG_ROOT
 from sact_det.utils.errors import InputError, InputFileNotFoundError, InputValueError
 from sact_det.utils.files import atomic_path
 
-__all__ = ["Conversion", "read_tf_checkpoint", "convert_variables", "convert_official_checkpoint"]
+__all__ = ["Conversion", "read_tf_checkpoint", "convert_variables", "classifier_config", "convert_official_checkpoint"]
 
 logger = logging.getLogger("sact_det")
 
 AUTHOR = "mfigurnov/sact (TensorFlow), converted by sact-det"
+# TF-Slim's ImageNet: 1000 synsets (labels 1-1000) and a background class 0.
+IMAGENET_WITH_BACKGROUND = 1001
+# The shipped config each converted network's config inherits, by halting type
+# (the ImageNet-stage classifiers' configs, sact_det/configs/imagenet).
+BASE_CONFIGS = {"sact": "imagenet/sact_R101_preact.yaml", "act": "imagenet/act_R101_preact.yaml",
+                "none": "imagenet/dense_R101_preact.yaml"}
+# The official input: RGB in [-1, 1], i.e. (x - 127.5) / 127.5 of 0-255 pixels.
+OFFICIAL_PIXEL_MEAN = OFFICIAL_PIXEL_STD = (127.5, 127.5, 127.5)
 
 
 @dataclass
 class Conversion:
-    """A converted checkpoint: the detected network, the PyTorch state dict and
-    the training-only variables that were left out."""
+    """A converted checkpoint: the detected network, the PyTorch state dict, its
+    number of classes, and the training-only variables that were left out."""
     model: OfficialModel
     state_dict: Dict[str, torch.Tensor]
+    num_classes: int
     ignored: List[str]
 
 
@@ -54,6 +72,15 @@ def _checkpoint_prefix(path: str) -> str:
     return path
 
 
+def _load_triton_first() -> None:
+    """Imports torch's Triton, if installed: imported after TensorFlow (2.21), Triton
+    (3.x, which torchvision and Detectron2 load) crashes the process."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        pass
+
+
 def read_tf_checkpoint(path: str):
     """TF's checkpoint reader of ``path`` (a checkpoint prefix, one of its files,
     or a directory with a ``checkpoint`` file) and its variables (name -> shape)."""
@@ -62,6 +89,7 @@ def read_tf_checkpoint(path: str):
         # a checkpoint computes nothing, so oneDNN's kernels are not needed either.
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+        _load_triton_first()
         import tensorflow as tf
     except ImportError:
         raise InputError('reading a TensorFlow checkpoint needs TensorFlow: pip install "sact-det[tf]"') from None
@@ -96,9 +124,10 @@ def _check_variables(shapes: Mapping[str, Sequence[int]], expected) -> None:
         raise InputValueError("not a checkpoint of the official network it resembles; it has " + "; ".join(problems))
 
 
-def convert_variables(reader, shapes: Mapping[str, Sequence[int]]) -> Conversion:
+def convert_variables(reader, shapes: Mapping[str, Sequence[int]], keep_background: bool = False) -> Conversion:
     """The PyTorch state dict of a checkpoint (``reader.get_tensor(name)``; its
-    variables' shapes), after :func:`detect_model` and the checks."""
+    variables' shapes), after :func:`detect_model` and the checks. An ImageNet
+    classifier's background output goes unless ``keep_background``."""
     model = detect_model(shapes)
     expected = official_variables(model)
     _check_variables(shapes, expected)
@@ -108,17 +137,54 @@ def convert_variables(reader, shapes: Mapping[str, Sequence[int]]) -> Conversion
         if not np.issubdtype(value.dtype, np.floating):
             raise InputValueError(f"variable {name} holds {value.dtype} values, expected floating point")
         state[variable.target] = torch.from_numpy(to_pytorch_layout(value.astype(np.float32), variable.layout))
-    return Conversion(model=model, state_dict=state, ignored=sorted(n for n in shapes if is_training_only(n)))
+    num_classes = model.num_classes
+    if num_classes == IMAGENET_WITH_BACKGROUND and not keep_background:
+        for key in ("linear.weight", "linear.bias"):
+            state[key] = state[key][1:].clone()
+        num_classes -= 1
+    return Conversion(model=model, state_dict=state, num_classes=num_classes,
+                      ignored=sorted(n for n in shapes if is_training_only(n)))
 
 
-def convert_official_checkpoint(source: str, destination: str) -> Tuple[Conversion, str]:
+def classifier_config(conversion: Conversion, weights: str) -> Dict:
+    """The config (as a dict for YAML) of the classifier that ``conversion``'s
+    weights (at ``weights``) fill: the network as detected, the official input."""
+    model = conversion.model
+    width, res2 = model.block_channels(1)
+    resnets = {"STEM_OUT_CHANNELS": model.stem, "RES2_OUT_CHANNELS": res2, "WIDTH_PER_GROUP": width}
+    depth = {units: depth for depth, units in UNITS_PER_DEPTH.items()}.get(model.units[:3])
+    if depth:
+        resnets["DEPTH"] = depth
+    return {
+        "_BASE_": os.path.join(CONFIG_ROOT, BASE_CONFIGS[model.halting]),
+        "MODEL": {
+            "META_ARCHITECTURE": "SACTClassifier",
+            "WEIGHTS": os.path.abspath(weights),
+            "PIXEL_MEAN": list(OFFICIAL_PIXEL_MEAN), "PIXEL_STD": list(OFFICIAL_PIXEL_STD),
+            "RESNETS": resnets,
+            "SACT": {"TYPE": model.halting, "UNIT_TYPE": "pre_activation", "HALTING_NORM": True,
+                     "HALTING_PADDING": "zeros", "NUM_UNITS": list(model.units[:3]),
+                     "RES5_NUM_UNITS": model.units[3]},
+            "CLASSIFIER": {"NUM_CLASSES": conversion.num_classes},
+        },
+        "INPUT": {"FORMAT": "RGB"},
+    }
+
+
+def convert_official_checkpoint(source: str, destination: str, keep_background: bool = False
+                                ) -> Tuple[Conversion, str]:
     """Writes ``destination`` (``.pth``) and its config (``.yaml`` beside it)
     from the official checkpoint ``source``; returns the conversion and the config's path."""
     reader, shapes = read_tf_checkpoint(source)
-    conversion = convert_variables(reader, shapes)
+    conversion = convert_variables(reader, shapes, keep_background)
     if conversion.ignored:
         logger.info("left out %d training-only variable(s): %s", len(conversion.ignored), listed(conversion.ignored))
+    config = os.path.splitext(destination)[0] + ".yaml"
     payload = {"model": conversion.state_dict, "__author__": AUTHOR, "matching_heuristics": False}
     with atomic_path(destination) as temporary:
         torch.save(payload, temporary)
-    return conversion, destination
+    with atomic_path(config) as temporary, open(temporary, "w") as f:
+        f.write(f"# The authors' {conversion.model.halting} network from {os.path.abspath(source)}, "
+                "converted by tools/convert_sact_tf_checkpoint.py\n")
+        yaml.safe_dump(classifier_config(conversion, destination), f, sort_keys=False)
+    return conversion, config
