@@ -3,9 +3,8 @@
 The checkpoints are written by TensorFlow itself (tests/official_tf.py: the
 official variable names and shapes of a tiny network, random values).
 """
-import sys
-
 import os
+import sys
 
 import numpy as np
 import pytest
