@@ -12,7 +12,7 @@ $(STAMP): setup.py scripts/install_detectron2.sh
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 	scripts/install_detectron2.sh $(PY)
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,tf]"
 	$(PY) -c "import torch, detectron2, sact_det; print('torch', torch.__version__, '| detectron2', detectron2.__version__, '| sact_det ok')"
 	touch $(STAMP)
 

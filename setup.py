@@ -25,5 +25,10 @@ setup(
         "scipy",
         "setuptools<81",  # detectron2.model_zoo imports pkg_resources
     ],
-    extras_require={"dev": ["pytest>=7"]},
+    extras_require={
+        "dev": ["pytest>=7"],
+        # Only tools/convert_sact_tf_checkpoint.py reads TensorFlow checkpoints (the
+        # authors' models); 2.21 declares numpy>=1.26, so it installs beside numpy<2.
+        "tf": ["tensorflow-cpu==2.21.0"],
+    },
 )
