@@ -70,6 +70,22 @@ def load_tool(name: str):
     return module
 
 
+@pytest.fixture(autouse=True)
+def no_logging_into_closed_captures():
+    """Removes, after each test, the log handlers that write to a stream the test
+    closed: Detectron2's ``setup_logger`` binds a handler to the ``sys.stdout``
+    of the moment, which is a test's capture (``capsys``); later records would
+    go there and logging would print "--- Logging error ---" tracebacks into
+    the stderr of later tests."""
+    yield
+    loggers = [logging.getLogger()] + [logger for logger in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(logger, logging.Logger)]
+    for logger in loggers:
+        for handler in list(logger.handlers):
+            if getattr(getattr(handler, "stream", None), "closed", False):
+                logger.removeHandler(handler)
+
+
 @pytest.fixture
 def sact_log(caplog):
     """``caplog`` recording the sact_det logger at INFO and above, whether or not

@@ -1,15 +1,22 @@
-"""The synthetic dataset, version 2 (sact_det.data.synthetic): what varies, the held-out split, versions."""
+"""The synthetic dataset, version 2 (sact_det.data.synthetic): what varies, the held-out split, versions;
+generated only where none exists, a partly present one named (issue 23, item 4)."""
 import json
 import logging
+import os
+import re
 
 import numpy as np
 import pytest
+from conftest import config_path, load_tool
 
 from detectron2.data import DatasetCatalog
 
+from sact_det.data import datasets as datasets_module
 from sact_det.data import ensure_synthetic, register_synthetic
-from sact_det.data.synthetic import (BACKGROUND_STYLES, DATASET_VERSION, MIN_VISIBLE, OBJECT_STYLES, generate_split,
-                                     render_image, split_paths)
+from sact_det.data.datasets import GENERATING
+from sact_det.data.synthetic import (BACKGROUND_STYLES, DATASET_VERSION, MIN_VISIBLE, OBJECT_STYLES, generate_dataset,
+                                     generate_split, render_image, split_paths)
+from sact_det.engine.train_net import command_line
 
 
 def load(root, split):
@@ -84,3 +91,120 @@ def test_an_older_copy_is_regenerated_with_a_message(synthetic_root, tmp_path, c
 def test_both_validation_splits_are_registered(synthetic_root, split):
     dicts = DatasetCatalog.get(split)
     assert dicts and all(d["annotations"] for d in dicts)
+
+
+SMALL = dict(num_train=3, num_val=2, size_range=((64, 72), (80, 96)), max_objects=2)
+
+
+@pytest.fixture
+def small_root(synthetic_root, tmp_path, monkeypatch):
+    """A complete small synthetic dataset at a root of its own; after it is made,
+    any further generation by ensure_synthetic fails the test."""
+    root = str(tmp_path / "synthetic_coco")
+    ensure_synthetic(root, **SMALL)
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("the dataset was generated again")
+    monkeypatch.setattr(datasets_module, "generate_dataset", no_generation)
+    yield root
+    register_synthetic(synthetic_root)  # other tests use the session's dataset
+
+
+def files_of(root):
+    return {os.path.relpath(os.path.join(folder, name), root): os.path.getmtime(os.path.join(folder, name))
+            for folder, _, names in os.walk(root) for name in names}
+
+
+def test_a_complete_dataset_is_used_as_it_is(small_root):
+    before = files_of(small_root)
+    ensure_synthetic(small_root)
+    assert files_of(small_root) == before and len(DatasetCatalog.get("synthetic_train")) == 3
+
+
+def test_a_partly_present_dataset_is_an_error_that_says_how_to_regenerate(small_root):
+    """Issue 23, item 4: one split's json deleted. Nothing is generated or
+    overwritten; the error names what is missing and the command, with the
+    dataset's own sizes, which then makes it whole."""
+    json_file = split_paths(small_root, "val")[0]
+    os.remove(json_file)
+    before = files_of(small_root)
+    with pytest.raises(FileNotFoundError) as error:
+        ensure_synthetic(small_root)
+    message = str(error.value)
+    assert message.startswith(f"the synthetic dataset in {small_root} is incomplete: {json_file} is missing. "
+                              "Nothing was changed; regenerate it with `python tools/make_synthetic_coco.py --output "
+                              f"{small_root} --num-train 3 --num-val 2 --seed 0`")
+    assert files_of(small_root) == before
+
+    command = message.split("`")[1].split()
+    assert load_tool("make_synthetic_coco").main(command[2:]) == 0
+    assert len(load(small_root, "train")["images"]) == 3 and len(load(small_root, "val")["images"]) == 2
+
+
+@pytest.mark.parametrize("damage, problem", [
+    ("image", "1 of the 3 images of {root}/train are missing (e.g. 000002.jpg)"),
+    ("truncated", "{root}/annotations/instances_train.json is not valid JSON ("),
+    ("foreign", "{root}/annotations/instances_train.json was not written by sact-det's generator"),
+])
+def test_what_is_missing_or_unusable_is_named(small_root, damage, problem):
+    json_file = split_paths(small_root, "train")[0]
+    if damage == "image":
+        os.remove(os.path.join(small_root, "train", "000002.jpg"))
+    elif damage == "truncated":
+        with open(json_file, "r+") as f:
+            f.truncate(12)
+    else:  # a COCO file of the user's own in the dataset's place
+        coco = load(small_root, "train")
+        coco["info"] = {"description": "my own shapes"}
+        json.dump(coco, open(json_file, "w"))
+    before = files_of(small_root)
+    with pytest.raises(FileNotFoundError, match="is incomplete: " + re.escape(problem.format(root=small_root))):
+        ensure_synthetic(small_root)
+    assert files_of(small_root) == before
+
+
+def test_a_truncated_synthetic_json_ends_the_tool_with_its_name(small_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DETECTRON2_DATASETS", os.path.dirname(small_root))
+    json_file = split_paths(small_root, "val")[0]
+    with open(json_file, "r+") as f:
+        f.truncate(12)
+    with pytest.raises(SystemExit) as exit_:
+        command_line(["--config-file", config_path("synthetic/sact_tiny.yaml"), "--eval-only", "MODEL.DEVICE", "cpu",
+                      "OUTPUT_DIR", str(tmp_path / "eval")])
+    assert exit_.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"error: the synthetic dataset in {small_root} is incomplete: {json_file} is not valid JSON (" in line
+
+
+def test_an_older_version_is_moved_aside_not_overwritten(small_root, monkeypatch):
+    """A complete dataset of an older generator is generated again at its own
+    sizes; the old copy, with whatever the user put in it, is kept beside it."""
+    for split in ("train", "val", "val_heldout"):
+        json_file = split_paths(small_root, split)[0]
+        coco = load(small_root, split)
+        coco["info"]["version"] = 1
+        json.dump(coco, open(json_file, "w"))
+    with open(os.path.join(small_root, "my_notes.txt"), "w") as f:
+        f.write("mine")
+    old = files_of(small_root)
+    generated = []
+    monkeypatch.setattr(datasets_module, "generate_dataset",
+                        lambda root, **kwargs: generated.append(kwargs) or generate_dataset(root, **kwargs))
+    ensure_synthetic(small_root)
+    assert files_of(small_root + ".v1") == old
+    assert open(os.path.join(small_root + ".v1", "my_notes.txt")).read() == "mine"
+    assert generated == [dict(SMALL, num_heldout=2, seed=0)]
+    assert load(small_root, "val")["info"]["version"] == DATASET_VERSION
+    assert len(load(small_root, "train")["images"]) == 3
+
+
+def test_an_interrupted_generation_is_generated_again(synthetic_root, tmp_path):
+    root = str(tmp_path / "synthetic_coco")
+    os.makedirs(os.path.join(root, "train"))
+    with open(os.path.join(root, GENERATING), "w") as f:  # what a generation killed early leaves
+        f.write("generating")
+    try:
+        ensure_synthetic(root, **SMALL)
+        assert len(load(root, "val_heldout")["images"]) == 2 and not os.path.exists(os.path.join(root, GENERATING))
+    finally:
+        register_synthetic(synthetic_root)

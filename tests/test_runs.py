@@ -14,7 +14,7 @@ from conftest import REPO, StopAfter, config_path, tiny_cfg
 from detectron2.engine import HookBase
 from detectron2.utils.env import seed_all_rng
 
-from sact_det.engine.train_net import argument_parser, main
+from sact_det.engine.train_net import argument_parser, command_line, main
 from sact_det.engine.trainer import SACTTrainer, TrainingDivergedError
 
 TINY = config_path("synthetic/sact_tiny.yaml")
@@ -80,15 +80,99 @@ def test_resume_reproduces_the_uninterrupted_run(synthetic_root, tmp_path):
 
 
 def test_checkpoint_after_a_loss_spike_is_not_good(synthetic_root, tmp_path, sact_log):
-    trainer = SACTTrainer(run_cfg(tmp_path, "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2"))
-    trainer.register_hooks([ScaleWeights(1)])  # after the checkpoint of iteration 1
+    """A spike of one iteration: the checkpoint after it is skipped with a
+    warning, and training goes on; the next one, in bounds again, is written."""
+    trainer = SACTTrainer(run_cfg(tmp_path, "SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "2"))
+    trainer.register_hooks([ScaleWeights(1), ScaleWeights(2, 1e-4)])  # after the checkpoint of iteration 1, undone
     trainer.train()
     spike = losses(trainer)
     assert spike[2] > 10 * spike[1]  # the damage shows in the loss, the weights stay finite
+    assert spike[3] < 10 * spike[1]
+    assert not os.path.exists(tmp_path / "model_0000003.pth")
+    assert "no checkpoint at iteration 3: total_loss reached" in sact_log.text
+    assert open(tmp_path / "last_checkpoint").read().strip() == "model_final.pth"
+
+
+def test_a_run_whose_loss_stays_out_of_bounds_stops(synthetic_root, tmp_path):
+    """Out of bounds for a whole checkpoint period: diverged, with the last good checkpoint."""
+    trainer = SACTTrainer(run_cfg(tmp_path, "SOLVER.MAX_ITER", "8", "SOLVER.CHECKPOINT_PERIOD", "2"))
+    trainer.register_hooks([ScaleWeights(1)])  # after the checkpoint of iteration 1
+    with pytest.raises(TrainingDivergedError) as error:
+        trainer.train()
+    spike = losses(trainer)
+    assert spike[2] > 10 * spike[1] and spike[3] > 10 * spike[1]
+    message = str(error.value)
+    assert message.startswith("training diverged at iteration 3: total_loss stayed above ")
+    assert f"from iteration 2 on; the last good checkpoint is {tmp_path / 'model_0000001.pth'}" in message.replace(
+        f" ({spike[3]:.4g} at iteration 3)", "")
+    assert "\n" not in message
     assert not os.path.exists(tmp_path / "model_0000003.pth")
     assert not os.path.exists(tmp_path / "model_final.pth")
     assert open(tmp_path / "last_checkpoint").read().strip() == "model_0000001.pth"
-    assert "no checkpoint at iteration 3: total_loss reached" in sact_log.text
+
+
+def test_a_spike_before_the_final_checkpoint_is_not_evaluated(synthetic_root, tmp_path):
+    """Training that cannot write its final checkpoint has diverged: it is not
+    evaluated (Detectron2 evaluates in after_train even after an exception at the
+    last iteration) and ends with an error, not with no model and status 0."""
+    cfg = run_cfg(tmp_path, "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2",
+                  "DATASETS.TEST", '("synthetic_val",)')
+    trainer = SACTTrainer(cfg)
+    trainer.register_hooks([ScaleWeights(1), ScaleWeights(2, 1e-4)])
+    with pytest.raises(TrainingDivergedError, match="diverged at iteration 3: total_loss reached .* at iteration 2, "
+                                                    ".*so the final weights are not good; the last good checkpoint "
+                                                    "is .*model_0000001.pth"):
+        trainer.train()
+    assert not os.path.exists(tmp_path / "model_final.pth")
+    assert not os.path.exists(tmp_path / "inference")  # no evaluation
+    assert getattr(trainer, "_last_eval_results", None) is None
+
+
+def error_of(argv, capsys):
+    """(exit status, last stderr line) of tools/train_net.py's whole program."""
+    with pytest.raises(SystemExit) as exit_:
+        command_line(argv)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    return exit_.value.code, err.strip().splitlines()[-1]
+
+
+def test_a_diverged_run_ends_non_zero_and_its_advice_works_as_printed(synthetic_root, tmp_path, capsys):
+    """The issue's reproduction at test sizes (SOLVER.BASE_LR 1000.0, with the
+    config's test sets): an error line, no evaluation; the printed command runs
+    as printed (yacs takes the halved rate for a float) and advises halving again."""
+    argv = ["--config-file", TINY, *TINY_OPTS[:-2], "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "192",
+            "OUTPUT_DIR", str(tmp_path), "SOLVER.MAX_ITER", "8", "SOLVER.CHECKPOINT_PERIOD", "4",
+            "SOLVER.BASE_LR", "1000.0"]
+    status, line = error_of(argv, capsys)
+    assert status == 2
+    assert "error: training diverged at iteration " in line and ": total_loss " in line
+    assert "no good checkpoint was written; start again with half the learning rate" in line
+    assert not os.path.exists(tmp_path / "inference") and not os.path.exists(tmp_path / "model_final.pth")
+    command = shlex.split(line[line.index("python tools/train_net.py"):])
+    assert command[-2:] == ["SOLVER.BASE_LR", "500.0"] and "--resume" not in command
+
+    status, line = error_of(command[2:], capsys)  # runs: diverges again at half the rate
+    assert status == 2 and "error: training diverged at iteration " in line
+    assert shlex.split(line[line.index("python tools/train_net.py"):])[-2:] == ["SOLVER.BASE_LR", "250.0"]
+
+
+def test_broken_weights_are_not_a_learning_rate_problem(synthetic_root, tmp_path):
+    """Weights that hold NaN before training: said so, no advice to lower the learning rate."""
+    model = SACTTrainer.build_model(run_cfg(tmp_path))
+    state = model.state_dict()
+    state["backbone.res3.0.conv2.weight"].view(-1)[0] = float("nan")
+    weights = tmp_path / "nan.pth"
+    torch.save({"model": state}, weights)
+    args = argument_parser().parse_args(["--config-file", TINY, *TINY_OPTS, "OUTPUT_DIR", str(tmp_path / "run"),
+                                         "SOLVER.MAX_ITER", "2", "MODEL.WEIGHTS", str(weights)])
+    with pytest.raises(ValueError) as error:
+        main(args)
+    message = str(error.value)
+    assert message.startswith(f"the weights are broken: 1 tensor(s) of {weights} hold NaN or infinity before "
+                              "training starts (e.g. backbone.res3.0.conv2.weight)")
+    assert "learning rate cannot help" in message and "SOLVER.BASE_LR" not in message
+    assert not isinstance(error.value, TrainingDivergedError)
 
 
 def test_divergence_advice_works_as_printed(synthetic_root, tmp_path, monkeypatch, sact_log):
@@ -110,8 +194,8 @@ def test_divergence_advice_works_as_printed(synthetic_root, tmp_path, monkeypatc
     with pytest.raises(TrainingDivergedError) as error:
         main(args)
     message = str(error.value)
-    assert "model_0000001.pth" in message
-    command = shlex.split(message.splitlines()[-1])
+    assert "model_0000001.pth" in message and "\n" not in message
+    command = shlex.split(message[message.index("python tools/train_net.py"):])
     assert command[:2] == ["python", "tools/train_net.py"]
     assert "--resume" in command and command[-2:] == ["SOLVER.BASE_LR", "0.01"]  # half the config's 0.02
 

@@ -29,18 +29,19 @@ from sact_det.apps.benchmark.timing import machine_description
 from sact_det.config import get_config_file
 from sact_det.engine.defaults import load_config
 from sact_det.utils.cli import (ToolParser, add_config_arguments, image_size, non_negative_int, output_file,
-                                positive_float, positive_int, run_tool)
+                                percentage, positive_float, positive_int, run_tool)
 from sact_det.utils.files import atomic_path
 
 
 def flops_point(text: str):
-    """``type=`` for a ``--points`` value: a positive percentage, or 'trained' (None)."""
+    """``type=`` for a ``--points`` value: a percentage of the dense FLOPs in
+    (0, 100] (no halting reaches more than evaluating every unit), or 'trained' (None)."""
     if text == "trained":
         return None
     try:
-        return positive_float(text)
+        return percentage(text)
     except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"expected a positive number (% of dense FLOPs) or 'trained', "
+        raise argparse.ArgumentTypeError(f"expected a percentage of the dense FLOPs in (0, 100] or 'trained', "
                                          f"got {text!r}") from None
 
 
@@ -70,10 +71,10 @@ def build_parser():
     parser.add_argument("--repeats", type=positive_int, default=5)
     parser.add_argument("--detector", action="store_true",
                         help="also time the whole detector (Detectron2's Faster R-CNN R-C4 vs SACT)")
-    parser.add_argument("--head-points", nargs="+", type=positive_float, metavar="PCT",
+    parser.add_argument("--head-points", nargs="+", type=percentage, metavar="PCT",
                         help="with --detector: the ACT box head's FLOPs in %% of its dense FLOPs, paired with "
                              "--points (sets MODEL.SACT.HEAD_TYPE act)")
-    parser.add_argument("--profile", type=positive_float, metavar="PCT",
+    parser.add_argument("--profile", type=percentage, metavar="PCT",
                         help="instead of the table: per-block latency and profiler table at PCT %% FLOPs "
                              "(float32, first size, first execution other than dense)")
     parser.add_argument("--crossover", nargs="+", type=active_share, metavar="SHARE",

@@ -4,6 +4,10 @@
     python tools/make_synthetic_coco.py                      # datasets/synthetic_coco
     python tools/make_synthetic_coco.py --output /data/syn --num-train 2000 --seed 1
 
+Writes the dataset's files (annotations/instances_*.json, <split>/NNNNNN.jpg) at --output,
+replacing those already there; other files are left alone. Commands that need the
+dataset generate it only where none exists, and name this command when part of it is missing.
+
 Registered with Detectron2 as synthetic_train / synthetic_val / synthetic_val_heldout
 when it lives at $DETECTRON2_DATASETS/synthetic_coco (default: datasets/synthetic_coco,
 see datasets/README.md).

@@ -15,10 +15,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.detection_utils import convert_image_to_rgb, read_image
+from detectron2.data.detection_utils import convert_image_to_rgb
 from detectron2.utils.visualizer import Visualizer
 
 from sact_det.data import check_datasets_exist
+from sact_det.data.images import read_image_rgb
 from sact_det.utils.files import atomic_path
 
 __all__ = ["SOURCES", "annotation_images", "dataloader_images", "browse_dataset"]
@@ -31,7 +32,7 @@ def annotation_images(cfg) -> Iterator[Tuple[str, np.ndarray]]:
     for name in cfg.DATASETS.TRAIN:
         metadata = MetadataCatalog.get(name)
         for record in DatasetCatalog.get(name):
-            image = read_image(record["file_name"], "RGB")
+            image = read_image_rgb(record["file_name"])  # an error naming the file when it is not an image
             drawn = Visualizer(image, metadata).draw_dataset_dict(record).get_image()
             yield record["file_name"], drawn
 

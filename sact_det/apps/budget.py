@@ -94,12 +94,14 @@ def run_budget_search(cfg, target_pct: float, dataset_name: Optional[str] = None
     from detectron2.evaluation import COCOEvaluator
     from detectron2.modeling import build_model
 
+    from sact_det.data import check_num_classes
     from sact_det.data.mapper import ReportingDatasetMapper
     from sact_det.engine.checkpoint import SACTCheckpointer
     from sact_det.evaluation.evaluator import SACTEvaluator
     from sact_det.utils.env import has_compiled_ops
 
     dataset_name = dataset_name or cfg.DATASETS.TEST[0]
+    check_num_classes(cfg.MODEL.ROI_HEADS.NUM_CLASSES, [dataset_name])
     model = build_model(cfg).eval()
     if cfg.MODEL.WEIGHTS:
         SACTCheckpointer(model).load(cfg.MODEL.WEIGHTS)

@@ -30,13 +30,16 @@ import warnings
 from typing import List, Optional, Sequence, Tuple
 
 import torch
+from PIL import Image
 
 from detectron2.data import build_detection_test_loader
 from detectron2.data import transforms as T
-from detectron2.data.detection_utils import read_image
+from detectron2.data.detection_utils import convert_PIL_to_numpy
 from detectron2.export import TracingAdapter
 
 from sact_det.data import check_datasets_exist
+from sact_det.data.images import read_image_rgb
+from sact_det.data.mapper import ReportingDatasetMapper
 from sact_det.engine.predictor import build_inference_model
 from sact_det.modeling.sact.adaptive_stage import every_unit_evaluated
 from sact_det.utils.files import atomic_path
@@ -118,14 +121,16 @@ def sample_inputs(cfg, sample_image: Optional[str] = None) -> List[dict]:
     """The tracing example: ``sample_image`` read and resized as the predictor
     does, or else the first image of ``DATASETS.TEST[0]`` from its test loader."""
     if sample_image:
-        image = read_image(sample_image, format=cfg.INPUT.FORMAT)
+        # sact-det's reader: any bit depth, and an error naming the file when it is not an image
+        image = convert_PIL_to_numpy(Image.fromarray(read_image_rgb(sample_image)), cfg.INPUT.FORMAT)
         resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
         image = resize.get_transform(image).apply_image(image)
         return [{"image": torch.as_tensor(image.astype("float32").transpose(2, 0, 1))}]
     if not cfg.DATASETS.TEST:
         raise ExportError("--sample-image: expected an image, as DATASETS.TEST names no dataset to take one from")
     check_datasets_exist(cfg.DATASETS.TEST[:1])
-    return next(iter(build_detection_test_loader(cfg, cfg.DATASETS.TEST[0])))
+    loader = build_detection_test_loader(cfg, cfg.DATASETS.TEST[0], mapper=ReportingDatasetMapper(cfg, False))
+    return next(iter(loader))
 
 
 def check_format(export_format: str, export_method: str = "tracing") -> None:

@@ -19,7 +19,9 @@ from typing import Dict, Tuple
 
 import torch
 
+from sact_det.utils.errors import InputError
 from sact_det.utils.files import atomic_path
+from sact_det.utils.safe_load import load_torch_weights
 
 __all__ = ["TORCHVISION_CONFIG", "torchvision_to_detectron2", "convert_torchvision_checkpoint"]
 
@@ -78,7 +80,9 @@ def torchvision_to_detectron2(state: Dict[str, torch.Tensor]) -> Tuple[Dict[str,
 def _read_state_dict(path: str) -> Dict[str, torch.Tensor]:
     """A torchvision checkpoint: a state dict, or one wrapped in ``state_dict``/``model``."""
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = load_torch_weights(path)  # weights only: a file that asks to run code is refused
+    except InputError:  # refused, or unreadable: the message names the file
+        raise
     except Exception as e:  # pickle, zip and torch errors alike: say what the file is not
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ValueError(f"cannot read {path!r} as a PyTorch checkpoint: {type(e).__name__}: {first_line}") from None

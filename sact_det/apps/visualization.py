@@ -31,7 +31,7 @@ from tqdm import tqdm
 from detectron2.structures import Instances
 from detectron2.utils.visualizer import Visualizer
 
-from sact_det.data.images import is_image_file, read_image_rgb
+from sact_det.data.images import IMAGE_EXTENSIONS, is_image_file, read_image_rgb
 from sact_det.engine.predictor import SACTPredictor
 from sact_det.modeling.report import SACTReport
 from sact_det.utils.files import atomic_path
@@ -194,14 +194,17 @@ def expand_inputs(inputs) -> Tuple[list, list]:
     for item in inputs:
         if os.path.isdir(item):
             found = sorted(os.path.join(item, f) for f in os.listdir(item) if is_image_file(f))
+            empty = (f"the directory holds no image files (expected {', '.join(IMAGE_EXTENSIONS)})"
+                     if os.listdir(item) else "the directory is empty")
         elif os.path.isfile(item):
             found = [item]
         else:
             found = sorted(p for p in glob.glob(item) if os.path.isfile(p))
+            empty = "no such file, directory, or files matching the pattern"
         if found:
             paths.extend(found)
         else:
-            failures.append((item, "no such file, directory, or files matching the pattern"))
+            failures.append((item, empty))
     return paths, failures
 
 

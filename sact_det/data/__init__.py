@@ -1,6 +1,6 @@
-from sact_det.data.datasets import (SYNTHETIC_SPLITS, check_datasets_exist, default_synthetic_root, ensure_synthetic,
-                                    model_metadata, register_config_datasets, register_synthetic)
+from sact_det.data.datasets import (SYNTHETIC_SPLITS, check_datasets_exist, check_num_classes, default_synthetic_root,
+                                    ensure_synthetic, model_metadata, register_config_datasets, register_synthetic)
 from sact_det.data.synthetic import generate_dataset
 
-__all__ = ["SYNTHETIC_SPLITS", "check_datasets_exist", "default_synthetic_root",
+__all__ = ["SYNTHETIC_SPLITS", "check_datasets_exist", "check_num_classes", "default_synthetic_root",
            "ensure_synthetic", "model_metadata", "register_config_datasets", "register_synthetic", "generate_dataset"]

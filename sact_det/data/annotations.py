@@ -8,16 +8,19 @@ dataset (one registered with a ``json_file``, e.g. by ``register_coco_instances`
   no ``"images"`` or ``"categories"``, no images, or annotations of category ids
   that ``"categories"`` does not list (Detectron2 cannot map them to a class);
 * log one warning per dataset counting the boxes with problems, with image ids
-  and the file: degenerate (zero or negative width or height), partly outside
-  the image, wholly outside it.
+  and the file: not finite (NaN or infinite coordinates), degenerate (zero or
+  negative width or height), partly outside the image, wholly outside it;
+* warn when the dataset has no annotations at all: its box AP is undefined
+  (Detectron2 reports nan) and training has nothing to learn from it.
 
 The loaded annotations are not changed, so evaluation scores them as they are
 (the COCO protocol: the evaluator reads the json itself). Training uses
-:func:`boxes_for_training`: boxes clipped to the image, degenerate and wholly
-outside ones dropped.
+:func:`boxes_for_training`: boxes clipped to the image, non-finite, degenerate
+and wholly outside ones dropped.
 """
 import json
 import logging
+import math
 from collections import Counter
 from typing import Callable, Dict, List
 
@@ -33,9 +36,12 @@ logger = logging.getLogger("sact_det")
 # A box counts as partly outside when it extends more than this many pixels past
 # the image: COCO's own boxes overshoot by rounding.
 OUTSIDE_TOLERANCE = 1.0
-PROBLEMS = ("degenerate", "partly outside", "wholly outside")
-_EXPLANATIONS = {"degenerate": "zero or negative width or height", "partly outside": "clipped for training",
-                 "wholly outside": "dropped for training, like the degenerate ones"}
+PROBLEMS = ("not finite", "degenerate", "partly outside", "wholly outside")
+# Boxes that training drops; the others with a problem are clipped.
+DROPPED = ("not finite", "degenerate", "wholly outside")
+_EXPLANATIONS = {"not finite": "NaN or infinite coordinates", "degenerate": "zero or negative width or height",
+                 "partly outside": "clipped for training",
+                 "wholly outside": "dropped for training, like the degenerate and not finite ones"}
 _warned = set()
 
 
@@ -47,6 +53,8 @@ def _xyxy(annotation: dict):
 def _problem(box, height: int, width: int):
     """The problem of an XYXY box in an image of ``height`` x ``width``, or None."""
     x0, y0, x1, y1 = box
+    if not all(math.isfinite(v) for v in box):  # NaN fails every comparison below: it would pass
+        return "not finite"
     if x1 <= x0 or y1 <= y0:
         return "degenerate"
     if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
@@ -80,9 +88,12 @@ def _warn_about_problems(name: str, json_file: str, dataset_dicts: List[dict]) -
     total = sum(len(r.get("annotations", ())) for r in dataset_dicts)
     parts = [f"{len(ids)} {problem} ({_EXPLANATIONS[problem]}; image ids {_ids(ids)})"
              for problem, ids in found.items() if ids]
-    message = (f"dataset {name!r} ({json_file}): {sum(map(len, found.values()))} of {total} boxes have "
-               f"problems: {'; '.join(parts)}. Training clips boxes to the image and drops degenerate and "
-               "wholly outside ones; evaluation keeps the annotations as they are (COCO protocol).")
+    _warn_once(f"dataset {name!r} ({json_file}): {sum(map(len, found.values()))} of {total} boxes have "
+               f"problems: {'; '.join(parts)}. Training clips boxes to the image and drops not finite, "
+               "degenerate and wholly outside ones; evaluation keeps the annotations as they are (COCO protocol).")
+
+
+def _warn_once(message: str) -> None:
     if message not in _warned:  # the same dataset is loaded by the train and test loaders and evaluators
         _warned.add(message)
         logger.warning(message)
@@ -133,6 +144,10 @@ def _load_checked(name: str, loader: Callable[[], List[dict]], json_file: str) -
         raise
     if not dataset_dicts:
         raise error(_structure_problem(_read_json(json_file)) or "lists no images")
+    if not any(record.get("annotations") for record in dataset_dicts):
+        _warn_once(f"dataset {name!r}: annotation file {json_file} has no annotations for its "
+                   f"{len(dataset_dicts)} images: its box AP is undefined (reported as nan), and training has no "
+                   "box to learn from")
     _warn_about_problems(name, json_file, dataset_dicts)
     return dataset_dicts
 
@@ -159,14 +174,14 @@ def validate_on_load(names) -> None:
 
 def boxes_for_training(dataset_dicts: List[dict]) -> List[dict]:
     """Copies of the dataset dicts whose boxes fit their images: clipped to the
-    image (``XYXY_ABS``), degenerate and wholly outside boxes dropped."""
+    image (``XYXY_ABS``), non-finite, degenerate and wholly outside boxes dropped."""
     cleaned = []
     for record in dataset_dicts:
         height, width = record["height"], record["width"]
         annotations = []
         for annotation in record.get("annotations", ()):
             box = _xyxy(annotation)
-            if _problem(box, height, width) in ("degenerate", "wholly outside"):
+            if _problem(box, height, width) in DROPPED:
                 continue
             x0, y0, x1, y1 = box
             clipped = [min(max(x0, 0), width), min(max(y0, 0), height), min(max(x1, 0), width),

@@ -1,28 +1,33 @@
 """Dataset registration: the built-in synthetic COCO-format dataset (found
-where the README says, generated on first use, saying where), the COCO-format
+where the README says, generated on first use where none exists, saying where;
+a partly present one is an error that says how to regenerate it), the COCO-format
 datasets named in ``DATASETS.COCO_JSON``, and checks that registered
 COCO-format datasets exist before a run starts."""
 import json
 import logging
 import os
 import re
+import shlex
+import time
 from typing import Iterable, List
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 
 from sact_det.data.annotations import validate_on_load
-from sact_det.data.synthetic import CATEGORIES, DATASET_VERSION, dataset_version, generate_dataset, split_paths
+from sact_det.data.synthetic import CATEGORIES, DATASET_VERSION, generate_dataset, split_info, split_paths
 from sact_det.utils.errors import InputFileNotFoundError, InputKeyError, InputValueError
 
 __all__ = ["SYNTHETIC_SPLITS", "datasets_root", "default_synthetic_root", "register_synthetic",
-           "ensure_synthetic", "check_datasets_exist", "coco_category_names", "register_config_datasets",
-           "model_metadata"]
+           "ensure_synthetic", "check_datasets_exist", "check_num_classes", "coco_category_names",
+           "register_config_datasets", "model_metadata"]
 
 logger = logging.getLogger("sact_det")
 
 # Dataset name -> split directory.
 SYNTHETIC_SPLITS = {"synthetic_train": "train", "synthetic_val": "val", "synthetic_val_heldout": "val_heldout"}
+# In the synthetic dataset's root while it is being generated: what is there is the generator's.
+GENERATING = ".generating"
 # Metadata mark of the datasets registered from DATASETS.COCO_JSON.
 CONFIG_SOURCE = "DATASETS.COCO_JSON"
 
@@ -67,25 +72,113 @@ def register_synthetic(root: str = None) -> None:
 
 
 def ensure_synthetic(root: str = None, **generate_kwargs) -> str:
-    """Generates the synthetic dataset at ``root`` unless every split exists at
-    the generator's current version (saying where; an older copy is regenerated,
-    with a message), registers it, and returns the root."""
+    """Makes sure the synthetic dataset is at ``root``, registers it, and returns the root.
+
+    * Nothing of it there, or what a generation that was interrupted left:
+      generated there (saying where); ``generate_kwargs`` go to
+      :func:`~sact_det.data.synthetic.generate_dataset`.
+    * Complete at the generator's version: used as it is.
+    * Complete, written by an older version of the generator: the old copy is
+      moved aside to ``<root>.v<old version>`` (not overwritten: it may hold
+      the user's edits), and the current version generated at its sizes (image
+      counts, seed, recorded options; ``generate_kwargs`` override them), saying both.
+    * Partly there (a split's json or images missing, a json unreadable, or a
+      json not written by the generator): an error naming what is missing and
+      the command that regenerates it. Nothing is written.
+    """
     if root is None and datasets_root() == REPOSITORY_DATASETS:
         logger.warning(f"no ./datasets in {os.getcwd()}: using the repository's {REPOSITORY_DATASETS} "
                        "(set DETECTRON2_DATASETS to choose)")
     root = root or default_synthetic_root()
-    jsons = [split_paths(root, s)[0] for s in SYNTHETIC_SPLITS.values()]
-    if not all(os.path.isfile(j) for j in jsons):
+    if os.path.exists(os.path.join(root, GENERATING)):
+        logger.warning(f"the generation of the synthetic dataset in {os.path.abspath(root)} was interrupted: "
+                       f"generating it again (version {DATASET_VERSION})")
+        _generate(root, generate_kwargs)
+    elif (infos := _synthetic_splits(root)) is None:
         logger.warning(f"synthetic dataset not found in {os.path.abspath(root)}: generating it there "
                        f"(version {DATASET_VERSION})")
-        generate_dataset(root, **generate_kwargs)
-    elif any(dataset_version(j) != DATASET_VERSION for j in jsons):
-        found = sorted({dataset_version(j) for j in jsons})
+        _generate(root, generate_kwargs)
+    elif any(info["version"] != DATASET_VERSION for info in infos.values()):
+        found = sorted({info["version"] for info in infos.values()})
+        kept = _unused_name(f"{root.rstrip(os.sep)}.v{min(found)}")
         logger.warning(f"the synthetic dataset under {root} is version {found}; regenerating version "
-                       f"{DATASET_VERSION}")
-        generate_dataset(root, **generate_kwargs)
+                       f"{DATASET_VERSION} at its sizes (the old copy is moved to {kept})")
+        os.rename(root, kept)
+        _generate(root, {**_generation_options(infos), **generate_kwargs})
     register_synthetic(root)
     return root
+
+
+def _generate(root: str, generate_kwargs: dict) -> None:
+    """:func:`~sact_det.data.synthetic.generate_dataset` at ``root``, marked as
+    under way (:data:`GENERATING`) until it is complete."""
+    os.makedirs(root, exist_ok=True)
+    marker = os.path.join(root, GENERATING)
+    with open(marker, "w") as f:
+        f.write(f"generating since {time.strftime('%Y-%m-%d %H:%M:%S')} (pid {os.getpid()})\n")
+    generate_dataset(root, **generate_kwargs)
+    os.remove(marker)
+
+
+def _synthetic_splits(root: str):
+    """Each split's :func:`~sact_det.data.synthetic.split_info` when the whole
+    dataset is at ``root``; None when nothing of it is; an error naming what is
+    missing (and how to regenerate it) when part of it is."""
+    paths = {split: split_paths(root, split) for split in SYNTHETIC_SPLITS.values()}
+    if not any(os.path.exists(p) for pair in paths.values() for p in pair):
+        return None
+    infos, problems = {}, []
+    for split, (json_file, image_dir) in paths.items():
+        if not os.path.isfile(json_file):
+            problems.append(f"{json_file} is missing")
+            continue
+        try:
+            info = split_info(json_file)
+        except (OSError, ValueError) as e:
+            problems.append(str(e))
+            continue
+        if not info["ours"]:
+            problems.append(f"{json_file} was not written by sact-det's generator")
+            continue
+        absent = [f for f in info["file_names"] if not os.path.isfile(os.path.join(image_dir, str(f)))]
+        if absent:
+            problems.append(f"{len(absent)} of the {len(info['file_names'])} images of {image_dir} are missing "
+                            f"(e.g. {absent[0]})")
+        infos[split] = info
+    if problems:
+        options = _generation_options(infos)
+        command = (f"python tools/make_synthetic_coco.py --output {shlex.quote(root)} --num-train "
+                   f"{options['num_train']} --num-val {options['num_val']} --seed {options['seed']}")
+        raise InputFileNotFoundError(
+            f"the synthetic dataset in {root} is incomplete: {'; '.join(problems)}. Nothing was changed; "
+            f"regenerate it with `{command}` (which rewrites that directory's dataset files), or move {root} "
+            "away to have a new one generated")
+    return infos
+
+
+def _generation_options(infos) -> dict:
+    """:func:`~sact_det.data.synthetic.generate_dataset`'s arguments that made the
+    splits of ``infos`` (what they recorded, else their image counts and seed),
+    the defaults for what none of them tells."""
+    options = dict(num_train=800, num_val=100, seed=0)
+    for info in infos.values():
+        options.update(info.get("options") or {})
+    for split, info in infos.items():
+        if "options" not in info:
+            count = {"train": "num_train", "val": "num_val", "val_heldout": "num_heldout"}[split]
+            options[count] = len(info["file_names"])
+            options["seed"] = info.get("seed", options["seed"])
+    if "size_range" in options:
+        options["size_range"] = tuple(tuple(r) for r in options["size_range"])
+    return options
+
+
+def _unused_name(path: str) -> str:
+    candidate, index = path, 1
+    while os.path.lexists(candidate):
+        index += 1
+        candidate = f"{path}-{index}"
+    return candidate
 
 
 def coco_category_names(json_file: str) -> List[str]:
@@ -206,6 +299,22 @@ def check_datasets_exist(names: Iterable[str]) -> None:
             path = getattr(meta, attr, None)
             if path is not None and not os.path.exists(path):
                 raise InputFileNotFoundError(f"dataset {name!r}: {attr} {path!r} does not exist; {hint}")
+
+
+def check_num_classes(num_classes: int, names: Iterable[str]) -> None:
+    """Raises an error naming both numbers and the dataset when a dataset's
+    classes (its ``thing_classes``, known before loading for the synthetic
+    datasets, those of ``DATASETS.COCO_JSON`` and Detectron2's COCO) are not
+    ``num_classes`` (``MODEL.ROI_HEADS.NUM_CLASSES``): Detectron2 would train a
+    box predictor for the wrong classes, and its COCO evaluator fails only after
+    the whole inference. Datasets whose classes are unknown until loaded pass."""
+    for name in names:
+        classes = MetadataCatalog.get(name).get("thing_classes") if name in DatasetCatalog.list() else None
+        if classes is not None and len(classes) != num_classes:
+            raise InputValueError(
+                f"MODEL.ROI_HEADS.NUM_CLASSES is {num_classes}, but dataset {name!r} has {len(classes)} "
+                f"categories ({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''}); set "
+                f"MODEL.ROI_HEADS.NUM_CLASSES {len(classes)}")
 
 
 register_synthetic()

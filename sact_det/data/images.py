@@ -17,6 +17,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from sact_det.utils.errors import ImageReadError
+
 __all__ = ["IMAGE_EXTENSIONS", "is_image_file", "read_image_rgb", "to_uint8"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
@@ -37,7 +39,7 @@ def to_uint8(values: np.ndarray, path: str = "image") -> np.ndarray:
         return values.astype(np.uint8) * 255
     if values.dtype.kind == "f":
         if not np.isfinite(values).all():
-            raise OSError(f"cannot read image {path}: it contains NaN or infinite values")
+            raise ImageReadError(f"cannot read image {path}: it contains NaN or infinite values")
         low, high = float(values.min()), float(values.max())
         if low < 0 or high > 1:  # not intensities in [0, 1]: stretch the range
             values = (values - low) / max(high - low, 1e-12)
@@ -48,7 +50,7 @@ def to_uint8(values: np.ndarray, path: str = "image") -> np.ndarray:
             return ((values.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
         stretched = (values.astype(np.float64) - low) / max(high - low, 1)
         return (stretched * 255).round().astype(np.uint8)
-    raise OSError(f"cannot read image {path}: pixel type {values.dtype} is not supported")
+    raise ImageReadError(f"cannot read image {path}: pixel type {values.dtype} is not supported")
 
 
 def _on_white(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
@@ -64,7 +66,7 @@ def _from_array(values: np.ndarray, path: str, channel_order: str = "RGB") -> np
         values = values[..., None]
     channels = values.shape[2] if values.ndim == 3 else 0
     if channels not in (1, 2, 3, 4):
-        raise OSError(f"cannot read image {path}: {channels} channels (expected 1-4)")
+        raise ImageReadError(f"cannot read image {path}: {channels} channels (expected 1-4)")
     colour_channels = 1 if channels <= 2 else 3
     colour = values[..., :colour_channels]
     alpha = values[..., colour_channels] if channels in (2, 4) else None
@@ -78,14 +80,25 @@ def _from_array(values: np.ndarray, path: str, channel_order: str = "RGB") -> np
 def _read_with_opencv(path: str) -> np.ndarray:
     values = cv2.imread(path, cv2.IMREAD_UNCHANGED)
     if values is None:
-        raise OSError(f"cannot read image {path}: not an image file PIL or OpenCV can decode")
+        raise ImageReadError(f"cannot read image {path}: not an image file PIL or OpenCV can decode")
     return _from_array(values, path, channel_order="BGR")
 
 
 def read_image_rgb(path: str) -> np.ndarray:
     """``uint8 [H, W, 3]`` RGB of an image file of any bit depth and channel
-    count, EXIF orientation applied. Raises OSError naming the file when it
-    cannot be read."""
+    count, EXIF orientation applied. Raises
+    :class:`~sact_det.utils.errors.ImageReadError` (an ``OSError``) naming the
+    file when it is missing, truncated or not an image."""
+    try:
+        return _read(path)
+    except ImageReadError:
+        raise
+    except Exception as e:  # PIL's and the OS's errors alike: missing, a directory, truncated, undecodable
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else f"{type(e).__name__}: {e}"
+        raise ImageReadError(f"cannot read image {path}: {reason}") from e
+
+
+def _read(path: str) -> np.ndarray:
     try:
         image = Image.open(path)
     except UnidentifiedImageError:

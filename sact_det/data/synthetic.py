@@ -27,16 +27,18 @@ its appearance (``"style"``). Output is deterministic for a seed.
 import json
 import math
 import os
+import re
 from typing import Dict, List, Tuple
 
 import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from sact_det.utils.errors import InputValueError
 from sact_det.utils.files import atomic_path
 
 __all__ = ["DATASET_VERSION", "CATEGORIES", "OBJECT_STYLES", "BACKGROUND_STYLES", "render_image",
-           "generate_split", "generate_dataset", "split_paths", "dataset_version"]
+           "generate_split", "generate_dataset", "split_paths", "split_info"]
 
 DATASET_VERSION = 2
 
@@ -52,6 +54,9 @@ OBJECT_STYLES = {"train": ("flat", "striped", "noise", "gradient", "low_contrast
 BACKGROUND_STYLES = {"train": ("plain", "smooth", "texture", "clutter"), "heldout": ("grid", "marble")}
 DISTRACTORS = ("ellipse", "ring", "cross", "crescent", "bar")
 
+# Each split's seed is the dataset's plus this.
+_SEED_OFFSETS = {"train": 0, "val": 1, "val_heldout": 2}
+
 MIN_VISIBLE = 0.7  # an object keeps at least this share of its area visible
 SIZE_RANGE = (0.1, 0.45)  # object size (circumscribed diameter) / shorter image side
 
@@ -62,10 +67,30 @@ def split_paths(root: str, split: str) -> Tuple[str, str]:
             os.path.join(root, split))
 
 
-def dataset_version(json_file: str) -> int:
-    """The generator version recorded in a split's json (1 before versions were recorded)."""
-    with open(json_file) as f:
-        return int(json.load(f).get("info", {}).get("version", 1))
+def split_info(json_file: str) -> Dict:
+    """What a split's json says of its making: its ``info`` (``version``: 1 before
+    versions were recorded; ``options``: :func:`generate_dataset`'s arguments
+    since they are recorded), ``ours`` (written by this generator), ``seed``
+    (the dataset's, when known) and the image ``file_names``. An error naming
+    the file when it is not a JSON object (e.g. truncated)."""
+    try:
+        with open(json_file) as f:
+            coco = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InputValueError(f"{json_file} is not valid JSON ({e})") from None
+    if not isinstance(coco, dict):
+        raise InputValueError(f"{json_file} holds a JSON {type(coco).__name__}, expected a COCO object")
+    info = dict(coco.get("info") or {})
+    info.setdefault("version", 1)
+    description = str(info.get("description", ""))
+    made = re.search(r"^sact-det synthetic shapes, split (\w+), seed (\d+)$", description)
+    info["ours"] = made is not None
+    if "options" in info:
+        info["seed"] = info["options"]["seed"]
+    elif made is not None:  # before options were recorded: the split's seed is the dataset's + its offset
+        info["seed"] = int(made.group(2)) - _SEED_OFFSETS.get(made.group(1), 0)
+    info["file_names"] = [image.get("file_name") for image in coco.get("images") or () if isinstance(image, dict)]
+    return info
 
 
 # --- colours and fields ------------------------------------------------------------------
@@ -299,12 +324,13 @@ def _annotation(obj: Dict, annotation_id: int, image_id: int) -> Dict:
 
 def generate_split(root: str, split: str, num_images: int, seed: int,
                    size_range=((224, 288), (288, 384)), max_objects: int = 4,
-                   split_styles: str = "train") -> str:
+                   split_styles: str = "train", options: Dict = None) -> str:
     """Writes ``num_images`` images and their COCO json; returns the json path.
 
     Args:
         size_range: ((min_h, max_h), (min_w, max_w)) of the images, in pixels.
         split_styles: "train" or "heldout" appearances and backgrounds.
+        options: recorded in the json's ``info`` (:func:`generate_dataset`'s arguments).
     """
     json_path, image_dir = split_paths(root, split)
     os.makedirs(image_dir, exist_ok=True)
@@ -322,14 +348,11 @@ def generate_split(root: str, split: str, num_images: int, seed: int,
                        "background": background})
         for obj in objects:
             annotations.append(_annotation(obj, len(annotations) + 1, image_id))
-    coco = {
-        "info": {"description": f"sact-det synthetic shapes, split {split}, seed {seed}",
-                 "version": DATASET_VERSION, "styles": split_styles},
-        "licenses": [],
-        "images": images,
-        "annotations": annotations,
-        "categories": CATEGORIES,
-    }
+    info = {"description": f"sact-det synthetic shapes, split {split}, seed {seed}",
+            "version": DATASET_VERSION, "styles": split_styles}
+    if options is not None:
+        info["options"] = options
+    coco = {"info": info, "licenses": [], "images": images, "annotations": annotations, "categories": CATEGORIES}
     # A complete json or none: the version check trusts it.
     with atomic_path(json_path) as temporary, open(temporary, "w") as f:
         json.dump(coco, f)
@@ -337,13 +360,19 @@ def generate_split(root: str, split: str, num_images: int, seed: int,
 
 
 def generate_dataset(root: str, num_train: int = 800, num_val: int = 100, seed: int = 0,
-                     num_heldout: int = None, **kwargs) -> Dict[str, str]:
+                     num_heldout: int = None, size_range=((224, 288), (288, 384)), max_objects: int = 4
+                     ) -> Dict[str, str]:
     """Writes the ``train``, ``val`` and ``val_heldout`` splits under ``root``;
     returns their json paths. ``val`` is drawn like ``train``; ``val_heldout``
-    (``num_heldout`` images, default ``num_val``) from the held-out styles."""
+    (``num_heldout`` images, default ``num_val``) from the held-out styles.
+    Each json records these arguments (``info.options``)."""
+    num_heldout = num_val if num_heldout is None else num_heldout
+    options = {"num_train": num_train, "num_val": num_val, "num_heldout": num_heldout, "seed": seed,
+               "size_range": [list(r) for r in size_range], "max_objects": max_objects}
+    kwargs = dict(size_range=size_range, max_objects=max_objects, options=options)
     return {
-        "train": generate_split(root, "train", num_train, seed, **kwargs),
-        "val": generate_split(root, "val", num_val, seed + 1, **kwargs),
-        "val_heldout": generate_split(root, "val_heldout", num_val if num_heldout is None else num_heldout,
-                                      seed + 2, split_styles="heldout", **kwargs),
+        "train": generate_split(root, "train", num_train, seed + _SEED_OFFSETS["train"], **kwargs),
+        "val": generate_split(root, "val", num_val, seed + _SEED_OFFSETS["val"], **kwargs),
+        "val_heldout": generate_split(root, "val_heldout", num_heldout, seed + _SEED_OFFSETS["val_heldout"],
+                                      split_styles="heldout", **kwargs),
     }

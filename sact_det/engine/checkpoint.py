@@ -9,13 +9,20 @@ exception: they are new parameters, reported as newly initialised. Other head
 layers (e.g. a box predictor for another number of classes) keep Detectron2's
 warn-and-skip behaviour, which fine-tuning relies on.
 
-Files that are not checkpoints, a missing file and an empty or dangling
-``last_checkpoint`` are errors that name the file. Checkpoints and
-``last_checkpoint`` are written to a temporary file and renamed, so a run killed
-while saving leaves the previous checkpoint as the last one, never half a file.
+No checkpoint runs code while it is read: Detectron2 reads ``.pkl`` files with
+plain ``pickle.load``, which calls whatever callable the file names; here every
+file, ``MODEL.WEIGHTS`` or the one ``last_checkpoint`` names, goes through
+:mod:`sact_det.utils.safe_load` (a restricted unpickler for ``.pkl``,
+``torch.load(weights_only=True)`` for the rest), and anything but weights data is
+refused, naming the file and what it asked for.
+
+Files that are not checkpoints, a missing file, a directory, a URL that cannot
+be downloaded and an empty or dangling ``last_checkpoint`` are errors that name
+the file. Checkpoints and ``last_checkpoint`` are written to a temporary file and
+renamed, so a run killed while saving leaves the previous checkpoint as the last
+one, never half a file.
 """
 import os
-import zipfile
 from typing import List
 
 import torch
@@ -24,8 +31,10 @@ from detectron2.checkpoint import DetectionCheckpointer
 
 from sact_det.utils.errors import InputError, InputFileNotFoundError, InputValueError
 from sact_det.utils.files import atomic_path
+from sact_det.utils.safe_load import (UnsafeCheckpointError, is_binary_checkpoint, load_pickle_weights,
+                                      load_torch_weights)
 
-__all__ = ["CheckpointMismatchError", "SACTCheckpointer"]
+__all__ = ["BrokenWeightsError", "CheckpointMismatchError", "SACTCheckpointer", "check_finite_weights"]
 
 LAST_CHECKPOINT = "last_checkpoint"  # fvcore's name for the file naming the latest checkpoint
 
@@ -37,6 +46,23 @@ class CheckpointMismatchError(InputError, RuntimeError):
     """A checkpoint whose feature-extractor or res5 weights do not fit the model."""
 
 
+class BrokenWeightsError(InputError, ValueError):
+    """Weights that hold NaN or infinity before anything was computed with them."""
+
+
+def check_finite_weights(model, source: str) -> None:
+    """Raises :class:`BrokenWeightsError` naming ``source`` (where the weights
+    came from) when a floating-point parameter or buffer of ``model`` holds NaN
+    or infinity: no learning rate trains such weights."""
+    bad = [name for name, value in model.state_dict().items()
+           if value.is_floating_point() and not torch.isfinite(value).all()]
+    if bad:
+        raise BrokenWeightsError(
+            f"the weights are broken: {len(bad)} tensor(s) of {source} hold NaN or infinity before training "
+            f"starts (e.g. {', '.join(bad[:3])}); a lower learning rate cannot help: give other weights "
+            "(MODEL.WEIGHTS), or put the name of an earlier good checkpoint into OUTPUT_DIR/last_checkpoint")
+
+
 def _is_required(key: str) -> bool:
     return key.startswith(REQUIRED_PREFIXES) and ".halting." not in key
 
@@ -46,23 +72,61 @@ class SACTCheckpointer(DetectionCheckpointer):
     a feature-extractor or res5 weight is missing from the checkpoint or has
     another shape, and logs the halting parameters it initialises."""
 
-    _source = "<checkpoint>"
+    loaded_from = None  # the file or URL of the last load, if any
 
     def load(self, path, *args, **kwargs):
-        self._source = path
-        if path and "://" not in path and not os.path.isfile(path):
-            raise InputFileNotFoundError(f"checkpoint {path} does not exist (MODEL.WEIGHTS or "
-                                         f"OUTPUT_DIR/{LAST_CHECKPOINT})")
+        self.loaded_from = path or None
+        if path and "://" in path:
+            self._download(path)
+        elif path and not os.path.isfile(path):
+            what = "is a directory" if os.path.isdir(path) else "does not exist"
+            error = InputValueError if os.path.isdir(path) else InputFileNotFoundError
+            raise error(f"checkpoint {path} {what}: expected a checkpoint file (MODEL.WEIGHTS or "
+                        f"OUTPUT_DIR/{LAST_CHECKPOINT})")
         return super().load(path, *args, **kwargs)
 
-    def _load_file(self, filename):
+    def _download(self, url: str) -> None:
+        """Fetches ``url`` into the local cache, where Detectron2's ``load`` then
+        finds it; an error naming the URL when it cannot be had."""
         try:
-            return super()._load_file(filename)
+            self.path_manager.get_local_path(url.split("?", 1)[0])  # Detectron2 drops the query too
+        except Exception as e:  # URLError, HTTPError, socket errors, a handler that does not exist
+            reason = getattr(e, "reason", None) or e
+            raise InputFileNotFoundError(f"checkpoint {url} cannot be downloaded ({reason}); download it "
+                                         "yourself and give the local file as MODEL.WEIGHTS") from None
+
+    def _load_file(self, filename):
+        """Detectron2's ``_load_file`` (the same dicts for ``.pkl``, ``.pyth`` and
+        torch files) reading through :mod:`sact_det.utils.safe_load`."""
+        try:
+            if filename.endswith(".pkl"):
+                return self._from_pickle(filename, load_pickle_weights(filename))
+            if filename.endswith(".pyth"):
+                return _from_pycls(filename, load_torch_weights(filename))
+            return super()._load_file(filename)  # torch files: reads through _torch_load
+        except UnsafeCheckpointError:
+            raise
         except Exception as e:
-            if _looks_like_checkpoint(filename):
-                raise  # a checkpoint that fails for another reason: keep torch's explanation
+            if is_binary_checkpoint(filename):
+                raise  # a checkpoint that fails for another reason: keep its explanation
             raise InputValueError(f"{filename} is not a checkpoint: expected a file written by torch.save "
                                   "(.pth) or a Detectron2/Caffe2 pickle (.pkl)") from e
+
+    def _torch_load(self, filename):
+        return load_torch_weights(filename)
+
+    def _from_pickle(self, filename, data):
+        """What Detectron2 makes of a ``.pkl``'s content: a Detectron2 model-zoo
+        file as it is, else Caffe2/Detectron1 blobs for name matching."""
+        if not isinstance(data, dict):
+            raise InputValueError(f"{filename} holds a pickled {type(data).__name__}, expected a dict of weights")
+        if "model" in data and "__author__" in data:
+            self.logger.info(f"Reading a file from '{data['__author__']}'")
+            return data
+        if "blobs" in data:  # detection models have "blobs", ImageNet models do not
+            data = data["blobs"]
+        data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
+        return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
 
     def get_checkpoint_file(self) -> str:
         """The checkpoint ``OUTPUT_DIR/last_checkpoint`` names; an error naming
@@ -102,7 +166,7 @@ class SACTCheckpointer(DetectionCheckpointer):
                        for key, ckpt, model in incompatible.incorrect_shapes if _is_required(key)]
         missing = [key for key in incompatible.missing_keys if _is_required(key)]
         if wrong_shape or missing:
-            lines: List[str] = [f"checkpoint {self._source!r} does not fit the model:"]
+            lines: List[str] = [f"checkpoint {self.loaded_from!r} does not fit the model:"]
             if wrong_shape:
                 lines.append(f"{len(wrong_shape)} parameter(s) with another shape:")
                 lines += ["  " + s for s in wrong_shape[:20]]
@@ -122,9 +186,9 @@ class SACTCheckpointer(DetectionCheckpointer):
         return incompatible
 
 
-def _looks_like_checkpoint(path: str) -> bool:
-    """Whether the file is a zip archive (torch.save) or starts like a binary pickle."""
-    if zipfile.is_zipfile(path):
-        return True
-    with open(path, "rb") as f:
-        return f.read(1) == b"\x80"  # the PROTO opcode of pickle protocols >= 2
+def _from_pycls(filename, data):
+    """What Detectron2 makes of a pycls ``.pyth`` checkpoint."""
+    if not isinstance(data, dict) or "model_state" not in data:
+        raise InputValueError(f"cannot load {filename}: pycls checkpoints (.pyth) hold 'model_state'")
+    model_state = {k: v for k, v in data["model_state"].items() if not k.endswith("num_batches_tracked")}
+    return {"model": model_state, "__author__": "pycls", "matching_heuristics": True}

@@ -11,11 +11,11 @@ from detectron2.engine import default_setup
 from detectron2.utils.logger import setup_logger
 
 from sact_det.config import fall_back_to_cpu, get_sact_cfg
-from sact_det.data import (SYNTHETIC_SPLITS, check_datasets_exist, ensure_synthetic, register_config_datasets,
-                           register_synthetic)
+from sact_det.data import (SYNTHETIC_SPLITS, check_datasets_exist, check_num_classes, ensure_synthetic,
+                           register_config_datasets, register_synthetic)
 from sact_det.data.annotations import validate_on_load
 from sact_det.utils.cli import error_message
-from sact_det.utils.errors import InputFileNotFoundError
+from sact_det.utils.errors import InputFileNotFoundError, InputValueError
 
 __all__ = ["load_config", "build_config", "setup"]
 
@@ -33,6 +33,8 @@ def load_config(config_file: str, opts: Sequence[str] = (), parser: argparse.Arg
         cfg = get_sact_cfg(config_file, list(opts))
         weights = cfg.MODEL.WEIGHTS
         if weights and "://" not in weights and not os.path.isfile(weights):
+            if os.path.isdir(weights):
+                raise InputValueError(f"MODEL.WEIGHTS: expected a checkpoint file, {weights!r} is a directory")
             raise InputFileNotFoundError(f"MODEL.WEIGHTS: expected a checkpoint file, {weights!r} does not exist")
         fall_back_to_cpu(cfg)
         register_config_datasets(cfg)
@@ -54,17 +56,19 @@ def build_config(args):
 
 
 def _prepare(cfg, args):
-    """Detectron2's default set-up (output dir, logging, seed) and the datasets
-    checked before anything runs (and checked again when they are loaded)."""
+    """The datasets' class counts checked against the config, Detectron2's
+    default set-up (output dir, logging, seed), and the datasets checked before
+    anything runs (and checked again when they are loaded)."""
+    names = set(cfg.DATASETS.TEST) | (set() if args.eval_only else set(cfg.DATASETS.TRAIN))
+    register_config_datasets(cfg)
+    check_num_classes(cfg.MODEL.ROI_HEADS.NUM_CLASSES, sorted(names))  # before anything is written
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="sact_det")
-    names = set(cfg.DATASETS.TEST) | (set() if args.eval_only else set(cfg.DATASETS.TRAIN))
     if names & set(SYNTHETIC_SPLITS):
         if comm.get_local_rank() == 0:
             ensure_synthetic()  # generated on first use (said where), then reused
         comm.synchronize()
         register_synthetic()
-    register_config_datasets(cfg)
     check_datasets_exist(sorted(names))
     validate_on_load(sorted(names))  # Detectron2's own COCO datasets; sact-det's are checked when registered
 

@@ -18,16 +18,20 @@ from sact_det.engine.defaults import _prepare, build_config, load_config
 from sact_det.engine.trainer import SACTTrainer, TrainingDivergedError
 from sact_det.utils.cli import ToolParser, add_override_arguments, run_tool
 from sact_det.utils.errors import INPUT_ERROR_STATUS
-from sact_det.utils.runs import OutputDirLock, exit_with_parent
+from sact_det.utils.files import remove_stale_partials
+from sact_det.utils.runs import OutputDirLock, exit_with_parent, prepare_output_dir
 
 __all__ = ["main", "argument_parser", "launch_main", "command_line"]
 
 logger = logging.getLogger("sact_det")
 
 
-def _resume_command(args, lr: float) -> str:
-    """The command that continues ``args``'s run with ``--resume`` and ``SOLVER.BASE_LR lr``
-    (``--resume`` goes before the KEY VALUE overrides, which end the command line)."""
+def _retry_command(args, lr: float, resume: bool) -> str:
+    """The command that runs ``args``'s training again with ``SOLVER.BASE_LR lr``,
+    with ``--resume`` (before the KEY VALUE overrides, which end the command line)
+    when there is a checkpoint to continue from. ``lr`` is written as Python
+    writes a float (``500.0``, ``0.01``, ``1e-05``): yacs takes ``500`` for an int
+    and refuses it for the float key."""
     argv = ["--config-file", args.config_file]
     if args.num_gpus != 1:
         argv += ["--num-gpus", str(args.num_gpus)]
@@ -37,17 +41,24 @@ def _resume_command(args, lr: float) -> str:
     opts = list(args.opts)
     kept = [x for key, value in zip(opts[::2], opts[1::2]) if key != "SOLVER.BASE_LR" for x in (key, value)]
     script = sys.argv[0] if sys.argv[0].endswith("train_net.py") else "tools/train_net.py"
-    command = ["python", script, *argv, "--resume", *kept, "SOLVER.BASE_LR", f"{lr:g}"]
+    command = ["python", script, *argv, *(["--resume"] if resume else []), *kept, "SOLVER.BASE_LR", repr(float(lr))]
     return " ".join(shlex.quote(a) for a in command)
 
 
 def main(args):
-    """Evaluates (``--eval-only``) or trains; a training run holds the lock of its
-    OUTPUT_DIR (:class:`~sact_det.utils.runs.OutputDirLock`) from before it writes there."""
+    """Evaluates (``--eval-only``) or trains. OUTPUT_DIR is checked first
+    (:func:`~sact_det.utils.runs.prepare_output_dir`); a training run holds the
+    lock of its OUTPUT_DIR (:class:`~sact_det.utils.runs.OutputDirLock`) from
+    before it writes there, and removes what killed runs left half-written."""
     cfg = build_config(args)
     training = not args.eval_only
+    if comm.is_main_process():
+        prepare_output_dir(cfg.OUTPUT_DIR)
     with OutputDirLock(cfg.OUTPUT_DIR) if training and comm.is_main_process() else contextlib.nullcontext():
         _prepare(cfg, args)
+        if training and comm.is_main_process():
+            for path in remove_stale_partials(cfg.OUTPUT_DIR):
+                logger.info(f"removed {path}, left half-written by a run that was killed")
         if not training:
             model = SACTTrainer.build_model(cfg)
             if not cfg.MODEL.WEIGHTS:
@@ -62,8 +73,9 @@ def main(args):
         try:
             return trainer.train()
         except TrainingDivergedError as e:
-            raise TrainingDivergedError(f"{e}:\n  {_resume_command(args, e.suggested_lr)}",
-                                        e.suggested_lr) from e.__cause__
+            command = _retry_command(args, e.suggested_lr, resume=e.last_checkpoint is not None)
+            raise TrainingDivergedError(e.summary, f"{e.advice}: {command}", e.suggested_lr,
+                                        e.last_checkpoint) from e.__cause__
 
 
 def argument_parser() -> ToolParser:

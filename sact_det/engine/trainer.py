@@ -11,7 +11,9 @@ CPUs as well as GPUs, and runs that lose nothing:
   checkpoint continues as the uninterrupted run would have;
 * only good checkpoints are written (:class:`FiniteCheckpointer`); a diverging
   run stops naming the last good one and the exact command to continue from it
-  with a lower learning rate, which ``--resume`` then applies;
+  with a lower learning rate, which ``--resume`` then applies, and is not
+  evaluated; weights that are broken (NaN, infinity) before training starts are
+  an error that says so;
 * one training run per OUTPUT_DIR (a lock), and worker processes that end when
   their launcher is killed;
 * images of any bit depth read by the one reader, unreadable ones skipped and
@@ -20,6 +22,7 @@ CPUs as well as GPUs, and runs that lose nothing:
 import logging
 import os
 import weakref
+from typing import Optional
 
 import torch
 
@@ -32,8 +35,8 @@ from detectron2.utils.logger import setup_logger
 from sact_det.data.build import training_dataset_dicts
 from sact_det.data.mapper import ReportingDatasetMapper
 from sact_det.data.sampling import ResumableTrainLoader, build_resumable_train_loader
-from sact_det.engine.checkpoint import SACTCheckpointer
-from sact_det.engine.hooks import FiniteCheckpointer, IterationSeeds, SACTMetricPrinter
+from sact_det.engine.checkpoint import SACTCheckpointer, check_finite_weights
+from sact_det.engine.hooks import FinishedEvalHook, FiniteCheckpointer, IterationSeeds, SACTMetricPrinter
 from sact_det.evaluation.evaluator import SACTEvaluator
 from sact_det.utils.env import has_compiled_ops
 from sact_det.utils.errors import InputError, InputValueError
@@ -44,12 +47,14 @@ logger = logging.getLogger("sact_det")
 
 
 class TrainingDivergedError(InputError, RuntimeError):
-    """The losses or weights of a run became unbounded. ``suggested_lr`` is the
-    learning rate the message advises (half the run's)."""
+    """The losses or weights of a run became unbounded. One line: ``summary``
+    (what diverged, at which iteration, the last good checkpoint) and ``advice``
+    (how to go on, with ``suggested_lr``, half the run's learning rate)."""
 
-    def __init__(self, message: str, suggested_lr: float):
-        super().__init__(message)
-        self.suggested_lr = suggested_lr
+    def __init__(self, summary: str, advice: str, suggested_lr: float, last_checkpoint: Optional[str] = None):
+        super().__init__(f"{summary}; {advice}")
+        self.summary, self.advice = summary, advice
+        self.suggested_lr, self.last_checkpoint = suggested_lr, last_checkpoint
 
 
 class SACTTrainer(DefaultTrainer):
@@ -86,10 +91,11 @@ class SACTTrainer(DefaultTrainer):
         self.register_hooks(self.build_hooks())
 
     def build_hooks(self):
-        return [IterationSeeds(self.cfg.SEED)] + [
-            FiniteCheckpointer(h.checkpointer, h.period, h.max_iter, h.max_to_keep)
-            if isinstance(h, hooks.PeriodicCheckpointer) else h
-            for h in super().build_hooks()]
+        def ours(hook):
+            if isinstance(hook, hooks.PeriodicCheckpointer):
+                return FiniteCheckpointer(hook.checkpointer, hook.period, hook.max_iter, hook.max_to_keep)
+            return FinishedEvalHook.of(hook) if isinstance(hook, hooks.EvalHook) else hook
+        return [IterationSeeds(self.cfg.SEED)] + [ours(h) for h in super().build_hooks()]
 
     def build_writers(self):
         return super().build_writers() + [SACTMetricPrinter()]
@@ -121,19 +127,24 @@ class SACTTrainer(DefaultTrainer):
 
     def train(self):
         """Trains; returns the results of the evaluation at the end of training
-        (Detectron2 returns them only when TEST.EXPECTED_RESULTS is set)."""
+        (Detectron2 returns them only when TEST.EXPECTED_RESULTS is set). Weights
+        that hold NaN or infinity before the first step are an error that says
+        so; a run that diverges ends with :class:`TrainingDivergedError`."""
+        check_finite_weights(self.model, self.checkpointer.loaded_from or "the initial weights")
         try:
             super().train()
             return getattr(self, "_last_eval_results", None)
-        except FloatingPointError as e:
+        except FloatingPointError as e:  # DivergedError, or Detectron2's non-finite loss
             lr = self.cfg.SOLVER.BASE_LR / 2
             last = (self.checkpointer.get_checkpoint_file()
                     if self.checkpointer.has_checkpoint() else None)
-            where = (f"the last good checkpoint is {last}; continue from it (--resume)"
-                     if last else "no good checkpoint was written; start again")
+            what = str(e).strip().splitlines()[0]  # Detectron2's non-finite loss message goes on with the losses
+            summary = (f"training diverged at iteration {self.iter}: {what}; "
+                       + (f"the last good checkpoint is {last}" if last else "no good checkpoint was written"))
             clip = "" if self.cfg.SOLVER.CLIP_GRADIENTS.ENABLED else " (or with SOLVER.CLIP_GRADIENTS.ENABLED True)"
-            raise TrainingDivergedError(f"training diverged at iteration {self.iter}: {e}\n{where} with half "
-                                        f"the learning rate, SOLVER.BASE_LR {lr:g}{clip}", lr) from e
+            advice = (("continue from it (--resume)" if last else "start again")
+                      + f" with half the learning rate, SOLVER.BASE_LR {lr!r}{clip}")
+            raise TrainingDivergedError(summary, advice, lr, last) from e
 
     @classmethod
     def build_train_loader(cls, cfg):

@@ -35,11 +35,13 @@ import sys
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from sact_det.utils.errors import INPUT_ERROR_STATUS, InputError
+from sact_det.utils.files import unwritable_dir, write_failure
 from sact_det.utils.noise import silence_known_noise
 
 __all__ = ["ToolParser", "existing_file", "image_size", "positive_int", "non_negative_int", "positive_float",
-           "non_negative_float", "probability", "output_file", "output_dir", "check_range", "add_config_arguments",
-           "add_override_arguments", "split_overrides", "OVERRIDES_SYNTAX", "error_message", "run_tool"]
+           "non_negative_float", "percentage", "probability", "output_file", "output_dir", "check_range",
+           "add_config_arguments", "add_override_arguments", "split_overrides", "OVERRIDES_SYNTAX", "error_message",
+           "run_tool"]
 
 OVERRIDES_SYNTAX = ("KEY VALUE pairs at the end of the command line, after every option "
                     "(e.g. MODEL.WEIGHTS model_final.pth), or the same after --opts")
@@ -134,21 +136,14 @@ def non_negative_float(text: str) -> float:
     return _number(text, float, "a number >= 0", lambda v: 0 <= v < float("inf"))
 
 
+def percentage(text: str) -> float:
+    """``type=`` for a share in percent, in (0, 100]."""
+    return _number(text, float, "a percentage in (0, 100]", lambda v: 0 < v <= 100)
+
+
 def probability(text: str) -> float:
     """``type=`` for a number in [0, 1]."""
     return _number(text, float, "a number between 0 and 1", lambda v: 0 <= v <= 1)
-
-
-def _unwritable_dir(path: str) -> Optional[str]:
-    """Why files cannot be created in directory ``path`` (made if absent), or None."""
-    existing = os.path.abspath(path)
-    while not os.path.exists(existing):  # the nearest existing ancestor will hold the new directories
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        return f"{existing} is not a directory"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"{existing} is not writable"
-    return None
 
 
 def output_file(*extensions: str, create_parent: bool = False) -> Callable[[str], str]:
@@ -164,7 +159,7 @@ def output_file(*extensions: str, create_parent: bool = False) -> Callable[[str]
         directory = os.path.dirname(os.path.abspath(path))
         if not create_parent and not os.path.isdir(directory):
             raise argparse.ArgumentTypeError(f"cannot write {path}: directory {directory} does not exist")
-        problem = _unwritable_dir(directory)
+        problem = unwritable_dir(directory)
         if problem:
             raise argparse.ArgumentTypeError(f"cannot write {path}: {problem}")
         return path
@@ -173,7 +168,7 @@ def output_file(*extensions: str, create_parent: bool = False) -> Callable[[str]
 
 def output_dir(path: str) -> str:
     """``type=`` for an output directory that exists or can be created, and is writable."""
-    problem = _unwritable_dir(path)
+    problem = unwritable_dir(path)
     if problem:
         raise argparse.ArgumentTypeError(f"cannot write into {path}: {problem}")
     return path
@@ -233,19 +228,32 @@ def split_overrides(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
 
 
 def error_message(error: BaseException) -> str:
-    # KeyError quotes its argument; the message reads better bare.
-    return str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    """The message of ``error`` as one line: bare for a KeyError (which quotes
+    it), and the original message for an error a DataLoader worker raised
+    (torch re-raises it with the worker's whole traceback as its message)."""
+    text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    if "\nOriginal Traceback (most recent call last):" in text:
+        last = text.strip().splitlines()[-1]  # "module.Class: message" of the worker's exception
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text
 
 
 def run_tool(main: Callable[[], Optional[int]], prog: str = None) -> int:
     """Runs a tool's ``main`` and returns its exit status (``None``: 0). The
     errors a user can cause (an :class:`InputError`, a missing or unreadable
-    file, a bad config key or value, a checkpoint that does not fit) become one
-    ``prog: error: ...`` line on stderr and status :data:`INPUT_ERROR_STATUS`."""
+    file, a bad config key or value, a checkpoint that does not fit, a full
+    disk) become one ``prog: error: ...`` line on stderr and status
+    :data:`INPUT_ERROR_STATUS`."""
     prog = prog or os.path.basename(sys.argv[0])
     silence_known_noise()
     try:
         return main() or 0
     except (InputError, FileNotFoundError, PermissionError, KeyError, ValueError) as e:
         print(f"{prog}: error: {error_message(e)}", file=sys.stderr, flush=True)
+        return INPUT_ERROR_STATUS
+    except Exception as e:
+        failure = write_failure(e)  # disk full or read-only in a writer of Detectron2's (metrics.json, ...)
+        if failure is None:
+            raise
+        print(f"{prog}: error: {failure}", file=sys.stderr, flush=True)
         return INPUT_ERROR_STATUS

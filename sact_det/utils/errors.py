@@ -5,7 +5,7 @@ expect (``FileNotFoundError``, ``ValueError``, ...), so ``except ValueError``
 keeps working. The tools end on one with one line and :data:`INPUT_ERROR_STATUS`."""
 
 __all__ = ["INPUT_ERROR_STATUS", "InputError", "InputFileNotFoundError", "InputKeyError", "InputValueError",
-           "NonFiniteOutputError"]
+           "ImageReadError", "OutputWriteError", "NonFiniteOutputError"]
 
 # Exit status of a tool ended by bad input (argparse's).
 INPUT_ERROR_STATUS = 2
@@ -29,6 +29,15 @@ class InputKeyError(InputError, KeyError):
 
 class InputValueError(InputError, ValueError):
     pass
+
+
+class ImageReadError(InputError, OSError):
+    """An image file that is missing, truncated or not an image; the message names it."""
+
+
+class OutputWriteError(InputError, OSError):
+    """An output that cannot be written (no space left, not a directory, not
+    writable, a symbolic link the run did not make); the message names it."""
 
 
 class NonFiniteOutputError(InputError, FloatingPointError):

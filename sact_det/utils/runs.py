@@ -1,24 +1,59 @@
-"""Keeping training runs apart: one run per output directory, and worker
-processes that end with the process that launched them."""
+"""Keeping training runs apart: an output directory checked before a run
+writes there, one run per output directory, and worker processes that end with
+the process that launched them."""
 import ctypes
 import fcntl
 import os
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 
-from sact_det.utils.errors import InputError
+from sact_det.utils.errors import InputError, OutputWriteError
+from sact_det.utils.files import unwritable_dir
 
-__all__ = ["LOCK_FILE", "OutputDirInUseError", "OutputDirLock", "exit_with_parent"]
+__all__ = ["LOCK_FILE", "RUN_FILES", "OutputDirInUseError", "OutputDirLock", "prepare_output_dir", "exit_with_parent"]
 
 LOCK_FILE = "training.lock"
+# Files a run opens in OUTPUT_DIR and writes in place or appends to (Detectron2's
+# default_setup, logger and JSONWriter; the lock), so that a symbolic link there
+# would be written through. log.txt.rank<N> for the other processes.
+RUN_FILES = ("config.yaml", "log.txt", "metrics.json", LOCK_FILE)
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 class OutputDirInUseError(InputError, RuntimeError):
     pass
+
+
+def _is_run_file(name: str) -> bool:
+    return name in RUN_FILES or name.startswith("log.txt.rank")
+
+
+def prepare_output_dir(directory: str) -> None:
+    """Creates a run's OUTPUT_DIR and checks that the run can write there
+    before it does: an :class:`~sact_det.utils.errors.OutputWriteError` names
+    the directory when it cannot be made (a regular file in its path, no
+    permission) or written, and names any of :data:`RUN_FILES` that is a
+    symbolic link. The run did not make such a link, and writing through it
+    would change a file elsewhere, so it is refused rather than followed;
+    removing it is the user's decision. (Checkpoints and other outputs are
+    written by :func:`~sact_det.utils.files.atomic_path`, which replaces a link.)"""
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):  # os.access says yes to root on read-only mounts
+            pass
+    except OSError as e:
+        reason = unwritable_dir(directory) or f"{e.strerror}{f': {e.filename}' if e.filename else ''}"
+        raise OutputWriteError(f"OUTPUT_DIR {directory}: cannot write there ({reason})") from None
+    for name in sorted(os.listdir(directory)):
+        path = os.path.join(directory, name)
+        if _is_run_file(name) and os.path.islink(path):
+            raise OutputWriteError(
+                f"OUTPUT_DIR {directory}: {name} is a symbolic link (to {os.readlink(path)}), which this run did "
+                "not make; runs do not write through links: remove it, or choose another OUTPUT_DIR")
 
 
 class OutputDirLock:
@@ -42,7 +77,7 @@ class OutputDirLock:
 
     def acquire(self) -> "OutputDirLock":
         os.makedirs(self.directory, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)  # never through a link
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
