@@ -9,6 +9,9 @@ exception: they are new parameters, reported as newly initialised. Other head
 layers (e.g. a box predictor for another number of classes) keep Detectron2's
 warn-and-skip behaviour, which fine-tuning relies on.
 
+A classifier's checkpoint (the ImageNet stage) loads into a detector with its
+res5 moved into the box head (:mod:`sact_det.engine.classifier_weights`).
+
 Files that are not checkpoints, a missing file and an empty or dangling
 ``last_checkpoint`` are errors that name the file. Checkpoints and
 ``last_checkpoint`` are written to a temporary file and renamed, so a run killed
@@ -22,6 +25,7 @@ import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 
+from sact_det.engine.classifier_weights import adapt_classifier_checkpoint
 from sact_det.utils.errors import InputError, InputFileNotFoundError, InputValueError
 from sact_det.utils.files import atomic_path
 
@@ -30,7 +34,7 @@ __all__ = ["CheckpointMismatchError", "SACTCheckpointer"]
 LAST_CHECKPOINT = "last_checkpoint"  # fvcore's name for the file naming the latest checkpoint
 
 # Parameters that must come from the checkpoint when one is given.
-REQUIRED_PREFIXES = ("backbone.", "roi_heads.res5.")
+REQUIRED_PREFIXES = ("backbone.", "roi_heads.res5.", "roi_heads.postnorm.")
 
 
 class CheckpointMismatchError(InputError, RuntimeError):
@@ -95,6 +99,8 @@ class SACTCheckpointer(DetectionCheckpointer):
             f.write(last_filename_basename)
 
     def _load_model(self, checkpoint):
+        # A classifier's checkpoint into a detector: res5 -> the box head (sact_det.engine.classifier_weights).
+        adapt_classifier_checkpoint(checkpoint, self.model.state_dict().keys(), self._source, self.logger)
         incompatible = super()._load_model(checkpoint)
         if incompatible is None:
             return incompatible

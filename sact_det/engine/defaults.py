@@ -11,7 +11,8 @@ from detectron2.engine import default_setup
 from detectron2.utils.logger import setup_logger
 
 from sact_det.config import fall_back_to_cpu, get_sact_cfg
-from sact_det.data import (SYNTHETIC_SPLITS, check_datasets_exist, ensure_synthetic, register_config_datasets,
+from sact_det.data import (SYNTHETIC_CLS_SPLITS, SYNTHETIC_SPLITS, check_datasets_exist, ensure_synthetic,
+                           ensure_synthetic_cls, register_classification_datasets, register_config_datasets,
                            register_synthetic)
 from sact_det.data.annotations import validate_on_load
 from sact_det.utils.cli import error_message
@@ -36,6 +37,7 @@ def load_config(config_file: str, opts: Sequence[str] = (), parser: argparse.Arg
             raise InputFileNotFoundError(f"MODEL.WEIGHTS: expected a checkpoint file, {weights!r} does not exist")
         fall_back_to_cpu(cfg)
         register_config_datasets(cfg)
+        register_classification_datasets(cfg)
     except (KeyError, ValueError, FileNotFoundError) as e:  # the messages name the key or file
         if parser is None:
             raise
@@ -65,6 +67,12 @@ def _prepare(cfg, args):
         comm.synchronize()
         register_synthetic()
     register_config_datasets(cfg)
+    register_classification_datasets(cfg)
+    if names & set(SYNTHETIC_CLS_SPLITS):
+        if comm.get_local_rank() == 0:
+            ensure_synthetic_cls()
+        comm.synchronize()
+        register_classification_datasets(cfg)
     check_datasets_exist(sorted(names))
     validate_on_load(sorted(names))  # Detectron2's own COCO datasets; sact-det's are checked when registered
 
