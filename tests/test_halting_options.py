@@ -129,6 +129,7 @@ def test_sparse_execution_refuses_what_it_cannot_run(key, value):
     with pytest.raises(ValueError, match=f"does not support {key} {value}.*use MODEL.SACT.EXECUTION dense"):
         tiny_cfg(key, value, "MODEL.SACT.EXECUTION", "perforated")
     tiny_cfg(key, value)  # dense: fine
+    tiny_cfg("MODEL.SACT.TYPE", "act", "MODEL.SACT.HALTING_PADDING", "replicate", "MODEL.SACT.EXECUTION", "perforated")
     tiny_cfg("MODEL.SACT.HALTING_NORM", "True", "MODEL.SACT.EXECUTION", "tiled", "MODEL.SACT.TILE_SIZE", "2")
     # Switched at run time (backbone.execution), the executors refuse with the same advice.
     backbone = build_backbone(tiny_cfg(key, value)).eval()

@@ -148,8 +148,9 @@ def validate_sact_config(cfg: CN) -> None:
     if sact.HALTING_PADDING not in HALTING_PADDINGS:
         raise ValueError(f"MODEL.SACT.HALTING_PADDING must be one of {HALTING_PADDINGS}, got {sact.HALTING_PADDING!r}")
     if sact.EXECUTION != "dense":
+        spatial_padding = sact.HALTING_PADDING if sact.TYPE == "sact" else "zeros"  # ACT has no 3x3 term
         unsupported = [f"MODEL.SACT.{key} {value}" for key, value, default in (
-            ("UNIT_TYPE", sact.UNIT_TYPE, "post_activation"), ("HALTING_PADDING", sact.HALTING_PADDING, "zeros"))
+            ("UNIT_TYPE", sact.UNIT_TYPE, "post_activation"), ("HALTING_PADDING", spatial_padding, "zeros"))
             if value != default]
         if unsupported:
             raise ValueError(f"MODEL.SACT.EXECUTION {sact.EXECUTION} does not support {' and '.join(unsupported)} "

@@ -157,7 +157,7 @@ class FoldedHalting:
     = (W * scale_g) pool(x) + W . shift_g``: the constant joins ``b``."""
 
     def __init__(self, branch: nn.Module):
-        if getattr(branch, "padding", "zeros") != "zeros":
+        if branch.spatial_logit is not None and getattr(branch, "padding", "zeros") != "zeros":
             raise ValueError(f"sparse execution (MODEL.SACT.EXECUTION) runs zero-padded halting branches only, "
                              f"not MODEL.SACT.HALTING_PADDING {branch.padding}; {DENSE_ONLY}")
         self.branch = branch  # its test-time offset is read at every call
