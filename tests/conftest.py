@@ -11,7 +11,9 @@ from detectron2.engine import HookBase
 
 from sact_det import get_sact_cfg
 from sact_det.data import register_synthetic
+from sact_det.data.classification import register_synthetic_cls
 from sact_det.data.synthetic import generate_dataset
+from sact_det.data.synthetic_cls import generate_classification_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")
@@ -45,6 +47,27 @@ def tiny_cfg(*opts, config: str = "synthetic/sact_tiny.yaml"):
         "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0",
     ]
     return get_sact_cfg(config_path(config), test_opts + list(opts))
+
+
+def tiny_cls_cfg(*opts, config: str = "synthetic/cls_sact_tiny.yaml"):
+    """The synthetic classifier config with test-sized images and batches."""
+    test_opts = [
+        "MODEL.DEVICE", "cpu", "INPUT.CLS.TRAIN_SIZE", "48", "INPUT.CLS.TEST_RESIZE", "55",
+        "INPUT.CLS.TEST_SIZE", "48", "INPUT.MIN_SIZE_TEST", "64", "SOLVER.IMS_PER_BATCH", "4",
+        "TEST.IMS_PER_BATCH", "4", "DATALOADER.NUM_WORKERS", "0",
+    ]
+    return get_sact_cfg(config_path(config), test_opts + list(opts))
+
+
+@pytest.fixture(scope="session")
+def synthetic_cls_root(synthetic_root):
+    """16 training, 8 validation and 4 held-out images of the synthetic
+    classification set beside ``synthetic_root``, registered as synthetic_cls_*."""
+    root = os.path.join(os.path.dirname(synthetic_root), "synthetic_cls")
+    generate_classification_dataset(root, num_train=16, num_val=8, num_heldout=4, seed=0,
+                                    size_range=((48, 64), (56, 72)))
+    register_synthetic_cls(root)
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -56,7 +56,8 @@ def test_report_fields(synthetic_root, tmp_path):
                             "ponder_cost_res2", "ponder_cost_res3", "ponder_cost_res4",
                             "units_res2", "units_res3", "units_res4", "object_AUC",
                             "object_AUC_res2", "object_AUC_res3", "object_AUC_res4",
-                            "detector_FLOPs", "detector_FLOPs_pct"}
+                            "detector_FLOPs", "detector_FLOPs_pct",
+                            "border_ratio_res2", "border_ratio_res3", "border_ratio_res4"}
     report = json.load(open(tmp_path / REPORT_FILE))
     assert report["dataset"] == "synthetic_val"
     summary = report["summary"]
@@ -92,6 +93,10 @@ def test_report_fields(synthetic_root, tmp_path):
     assert summary["ponder_cost"]["mean"] == pytest.approx(np.mean(per_image))
     assert metrics["ponder_cost"] == pytest.approx(
         sum(metrics[f"ponder_cost_res{k}"] for k in (2, 3, 4)))
+    # Border ratio per block (ring / interior of each image's map), averaged over images.
+    for block in ("res2", "res3", "res4"):
+        values = [r["border_ratio_per_block"][block] for r in images]
+        assert metrics[f"border_ratio_{block}"] == pytest.approx(np.mean(values)) and all(v > 0 for v in values)
     # The per-block FLOPs add up to the total.
     assert all(sum(r["flops_per_block"].values()) == r["flops"] for r in images)
 

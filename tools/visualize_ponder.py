@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-r"""Ponder cost maps of a SACT detector over images or a video: where it spends computation.
+r"""Ponder cost maps of a SACT detector or classifier over images (a detector also
+over a video): where it spends computation.
 
     python tools/visualize_ponder.py --config-file configs/synthetic/sact_tiny.yaml \
         --input img.jpg photos/ 'more/*.png' --output ponder_out \
@@ -7,8 +8,10 @@ r"""Ponder cost maps of a SACT detector over images or a video: where it spends 
     python tools/visualize_ponder.py --config-file configs/synthetic/sact_tiny.yaml \
         --video-input clip.mp4 --output ponder_out MODEL.WEIGHTS output/demo/model_final.pth
 
-Images: writes <name>_ponder.png, <name>_blocks.png, <name>_overlay.png per image
-and ponder_summary.csv/.json. Unreadable images are reported and skipped; the
+Images: writes <name>_ponder.png (a detector's detections, or a classifier's
+top-5 classes, beside the total ponder map), <name>_blocks.png, <name>_overlay.png
+per image and ponder_summary.csv/.json. A classifier's images are resized as
+INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST say, whole (no crop). Unreadable images are reported and skipped; the
 exit status is 1 if any input failed.
 Video: writes <name>_ponder.mp4 (every frame with its detections over the
 ponder heat map, one colour scale for the whole video) and <name>_ponder.csv
@@ -22,6 +25,7 @@ from detectron2.utils.logger import setup_logger
 
 from sact_det.apps.video import visualize_video
 from sact_det.apps.visualization import visualize_files
+from sact_det.config import is_classifier
 from sact_det.engine.defaults import load_config
 from sact_det.engine.predictor import SACTPredictor
 from sact_det.utils.cli import (ToolParser, add_config_arguments, check_range, existing_file, output_dir, probability,
@@ -48,6 +52,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     check_range(parser, "--ponder-range", args.ponder_range)
     cfg = load_config(args.config_file, args.opts, parser)
+    if args.video_input and is_classifier(cfg):
+        parser.error("argument --video-input: needs a detector config (MODEL.META_ARCHITECTURE SACTRCNN); "
+                     "for a classifier give images with --input")
     setup_logger(name="sact_det")
     setup_logger(name="fvcore")
 

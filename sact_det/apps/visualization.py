@@ -1,4 +1,6 @@
-"""Where SACT spends its computation: ponder cost maps over images (Figs. 1, 8-10).
+"""Where SACT spends its computation: ponder cost maps over images (Figs. 1, 8-10),
+of a detector (its detections beside the map) or a classifier (its top-5
+classes in the title: what the official ``imagenet_ponder_map.py`` draws).
 
 Usable from Python (notebooks) and by ``tools/visualize_ponder.py``::
 
@@ -19,7 +21,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import cv2
 import matplotlib
@@ -36,7 +38,7 @@ from sact_det.engine.predictor import SACTPredictor
 from sact_det.modeling.report import SACTReport
 from sact_det.utils.files import atomic_path
 
-__all__ = ["PonderVisualization", "colorize", "visualize", "ponder_visualization", "expand_inputs",
+__all__ = ["PonderVisualization", "colorize", "visualize", "top_classes", "ponder_visualization", "expand_inputs",
            "unique_stem", "visualize_files"]
 
 DEFAULT_CMAP = "inferno"
@@ -69,13 +71,18 @@ class PonderVisualization:
     the image's own, or scaled down to ``MAX_DISPLAY_SIDE`` (see :func:`visualize`)."""
 
     image: np.ndarray  # uint8 RGB [H, W, 3]
-    instances: object  # detectron2 Instances, boxes in display coordinates
+    instances: object  # detectron2 Instances, boxes in display coordinates; None for a classifier
     sact: SACTReport  # the model's per-image SACT report (FLOPs, ponder cost, units)
     ponder_map: np.ndarray  # float32 [H, W], total ponder cost (sum over blocks)
     block_maps: Dict[str, np.ndarray]  # float32 [H, W] per block
     metadata: object = None
     original_size: Optional[Tuple[int, int]] = None  # (height, width) of the input image; None: as displayed
     label_units: bool = False  # label detections with their proposal's box-head units (ACT head)
+    top_classes: Optional[List[Tuple[str, float]]] = None  # a classifier's top-5 (class, probability)
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.instances is None
 
     @property
     def size(self) -> Tuple[int, int]:
@@ -110,16 +117,23 @@ class PonderVisualization:
         a colour bar and the map's min/max. ``value_range`` fixes the colour scale."""
         height, width = self.image.shape[:2]
         vmin, vmax = self.value_range(value_range)
-        fig = Figure(figsize=_figsize(2, height, width, 1.5), dpi=100)
+        top = self.top_classes or []
+        extra_height = 0.8 + 0.16 * len(top)  # a classifier's title lists its top classes
+        fig = Figure(figsize=_figsize(2, height, width, 1.5, extra_height), dpi=100)
         left, right = fig.subplots(1, 2)
-        left.imshow(self.detections(score_threshold))
-        count = int((self.instances.scores >= score_threshold).sum())
-        left.set_title(f"{count} detections (score >= {score_threshold:g})", fontsize=9)
+        if self.is_classifier:
+            left.imshow(self.image)
+            left.set_title("\n".join(f"{name}: {100 * p:.1f}%" for name, p in top), fontsize=9)
+        else:
+            left.imshow(self.detections(score_threshold))
+            count = int((self.instances.scores >= score_threshold).sum())
+            left.set_title(f"{count} detections (score >= {score_threshold:g})", fontsize=9)
         right.imshow(self.image)
         heat = right.imshow(self.ponder_map, cmap=cmap, vmin=vmin, vmax=vmax, alpha=0.6,
                             interpolation="nearest")
+        network = "classifier" if self.is_classifier else "feature extractor"
         right.set_title(f"ponder cost: min {self.ponder_map.min():.2f}, max {self.ponder_map.max():.2f}\n"
-                        f"feature extractor FLOPs: {self.sact.flops_pct:.0f}% of dense", fontsize=9)
+                        f"{network} FLOPs: {self.sact.flops_pct:.0f}% of dense", fontsize=9)
         fig.colorbar(heat, ax=right, fraction=0.046, pad=0.02).set_label("ponder cost")
         for ax in (left, right):
             ax.axis("off")
@@ -167,24 +181,34 @@ def _scaled_instances(instances, size: Tuple[int, int], original: Tuple[int, int
     return scaled
 
 
+def top_classes(scores, metadata=None, k: int = 5) -> List[Tuple[str, float]]:
+    """A classifier's ``k`` most probable classes as (name, probability); names
+    from the metadata's ``classes`` (the dataset's folders), else the indices."""
+    names = (metadata.get("classes") if metadata is not None else None) or []
+    probabilities, indices = scores.detach().float().cpu().topk(min(k, scores.numel()))
+    return [(names[i] if i < len(names) else str(i), float(p)) for p, i in zip(probabilities, indices.tolist())]
+
+
 def ponder_visualization(image_rgb: np.ndarray, output: dict, metadata=None,
                          max_side: Optional[int] = None) -> PonderVisualization:
-    """A model output (``instances`` and ``sact``) on ``image_rgb`` as maps at
-    the image's resolution, or scaled down so that its longer side is at most
-    ``max_side`` pixels (None: never)."""
+    """A model output (``sact`` and a detector's ``instances`` or a classifier's
+    ``scores``) on ``image_rgb`` as maps at the image's resolution, or scaled
+    down so that its longer side is at most ``max_side`` pixels (None: never)."""
     report = output["sact"]
     original = tuple(image_rgb.shape[:2])
-    instances = output["instances"].to("cpu")
+    instances = output["instances"].to("cpu") if "instances" in output else None
     scale = min(1.0, max_side / max(original)) if max_side else 1.0
     size = original
     if scale < 1:  # drawn smaller: the maps, the figures and the overlay stay bounded
         size = (max(1, round(original[0] * scale)), max(1, round(original[1] * scale)))
         image_rgb = cv2.resize(image_rgb, (size[1], size[0]), interpolation=cv2.INTER_AREA)
-        instances = _scaled_instances(instances, size, original)
+        if instances is not None:
+            instances = _scaled_instances(instances, size, original)
     return PonderVisualization(
         image=image_rgb, instances=instances, sact=report, ponder_map=report.ponder_map_on_image(size),
         block_maps={name: report.ponder_map_on_image(size, name) for name in report.ponder_maps},
-        metadata=metadata, original_size=original)
+        metadata=metadata, original_size=original,
+        top_classes=top_classes(output["scores"], metadata) if "scores" in output else None)
 
 
 def expand_inputs(inputs) -> Tuple[list, list]:
@@ -225,9 +249,12 @@ def _record(path: str, vis: Optional[PonderVisualization], score_threshold: floa
     record = {"file": path, "status": "error" if error else "ok", "error": error}
     if vis is not None:
         report = vis.sact
-        record.update(height=vis.size[0], width=vis.size[1],
-                      num_detections=int((vis.instances.scores >= score_threshold).sum()),
-                      ponder_cost=report.ponder_cost, flops=report.flops, flops_pct=report.flops_pct)
+        record.update(height=vis.size[0], width=vis.size[1])
+        if vis.is_classifier:
+            record.update(top5="; ".join(f"{name} {p:.3f}" for name, p in vis.top_classes))
+        else:
+            record.update(num_detections=int((vis.instances.scores >= score_threshold).sum()))
+        record.update(ponder_cost=report.ponder_cost, flops=report.flops, flops_pct=report.flops_pct)
         record.update({f"ponder_cost_{k}": v for k, v in report.ponder_cost_per_block.items()})
         record.update({f"units_{k}": v for k, v in report.units_per_block.items()})
         if report.detector_flops is not None:

@@ -6,11 +6,13 @@ import re
 
 from detectron2.config import CfgNode as CN
 
-from sact_det.config.modes import EXECUTIONS, HALTING_TYPES, HEAD_TYPES, UNITS_PER_DEPTH
+from sact_det.config.modes import (CLASSIFIER_META_ARCHITECTURE, EXECUTIONS, HALTING_PADDINGS, HALTING_TYPES,
+                                   HEAD_TYPES, RES5_UNITS, UNIT_TYPES, UNITS_PER_DEPTH)
 
 
 def add_sact_config(cfg: CN) -> None:
-    """Adds ``MODEL.SACT`` and ``DATASETS.COCO_JSON`` to a Detectron2 config, in place."""
+    """Adds ``MODEL.SACT``, ``MODEL.CLASSIFIER``, ``INPUT.CLS``, ``TEST.IMS_PER_BATCH``,
+    ``DATASETS.COCO_JSON`` and ``DATASETS.IMAGE_FOLDERS`` to a Detectron2 config, in place."""
     cfg.MODEL.SACT = CN()
     # "sact" (per-position halting, eq. 14), "act" (per-image, eq. 6), or
     # "none" (plain ResNet, for the non-adaptive baselines).
@@ -29,7 +31,8 @@ def add_sact_config(cfg: CN) -> None:
     # Fewer units build the non-adaptive baselines of sec. 4.1 (e.g. [3, 4, 13]),
     # which load the first units of each block from a full ResNet checkpoint.
     cfg.MODEL.SACT.NUM_UNITS = []
-    # Residual units of block 4 (res5) in the box head (3 in every standard ResNet).
+    # Residual units of block 4 (res5), in the box head or in the classifier's
+    # backbone (3 in every standard ResNet).
     cfg.MODEL.SACT.RES5_NUM_UNITS = 3
     # Box head: "none" (the paper's plain res5) or "act" (beyond the paper): ACT over
     # proposals, one halting score per proposal after every res5 unit but the last
@@ -56,10 +59,49 @@ def add_sact_config(cfg: CN) -> None:
     # Reference for "% of dense" in FLOP reports: the dense feature extractor of
     # this ResNet depth (same widths) at the same image size. Table 1 uses 101.
     cfg.MODEL.SACT.FLOPS_REFERENCE_DEPTH = 101
+    # Residual units: "post_activation" (Detectron2's BottleneckBlock, which MSRA's and
+    # torchvision's ImageNet ResNets use) or "pre_activation" (He et al. 2016, the
+    # paper's ImageNet models, section 2.1: BN and ReLU before each convolution, the
+    # stride in the 3x3 convolution, a final BN + ReLU "postnorm" after res5;
+    # sact_det.modeling.preact). Pre-activation units run with EXECUTION dense only.
+    cfg.MODEL.SACT.UNIT_TYPE = "post_activation"
+    # The authors' halting branch (official resnet_act.py): a batch norm (MODEL.RESNETS.NORM)
+    # on the unit output before the 3x3 term and another on the pooled features before
+    # the linear term of eq. (14). Needed to load their checkpoints; the sparse
+    # executors fold both into the halting weights. With NORM "BN" the pooled
+    # features' batch norm needs at least 2 images per process in training.
+    cfg.MODEL.SACT.HALTING_NORM = False
+    # Padding of the halting branch's 3x3 term: "zeros" (the paper's and TensorFlow's
+    # "SAME") or "replicate" (each image's border cells repeated). Zero padding of raw
+    # unit outputs lowers the halting logits along the border (issue 27).
+    cfg.MODEL.SACT.HALTING_PADDING = "zeros"
+
+    # The ImageNet-stage classifier (MODEL.META_ARCHITECTURE SACTClassifier): global
+    # average pooling of res5 and a linear layer; loss = cross-entropy + TAU x ponder cost.
+    cfg.MODEL.CLASSIFIER = CN()
+    cfg.MODEL.CLASSIFIER.NUM_CLASSES = 1000
+    # Label smoothing of the cross-entropy (the official training uses 0.1).
+    cfg.MODEL.CLASSIFIER.LABEL_SMOOTHING = 0.0
+    # Classifier inputs (sact_det.data.classification): training takes a random crop of
+    # TRAIN_MIN_AREA..1 of the image area (aspect 3/4..4/3) resized to TRAIN_SIZE x TRAIN_SIZE,
+    # flipped per INPUT.RANDOM_FLIP; evaluation resizes the shorter side to TEST_RESIZE
+    # and takes the central TEST_SIZE x TEST_SIZE crop. The predictor and the ponder-map
+    # tools use INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST on whole images instead.
+    cfg.INPUT.CLS = CN()
+    cfg.INPUT.CLS.TRAIN_SIZE = 224
+    cfg.INPUT.CLS.TRAIN_MIN_AREA = 0.08
+    cfg.INPUT.CLS.TEST_RESIZE = 256
+    cfg.INPUT.CLS.TEST_SIZE = 224
+    # Images per batch when the classifier is evaluated (the detector evaluates one at a time).
+    cfg.TEST.IMS_PER_BATCH = 1
     # COCO-format datasets to register before anything runs, as (name, json_file,
     # image_root) triples, e.g. (("my_train", "a.json", "images/"),); their class
     # names come from the json's categories. Name them in DATASETS.TRAIN / TEST.
     cfg.DATASETS.COCO_JSON = ()
+    # Classification datasets to register, as (name, directory) pairs, e.g.
+    # (("flowers_train", "data/flowers/train"),): one sub-directory of images per
+    # class (ImageNet's layout), classes in sorted order. Name them in DATASETS.TRAIN / TEST.
+    cfg.DATASETS.IMAGE_FOLDERS = ()
 
 
 def validate_sact_config(cfg: CN) -> None:
@@ -99,7 +141,63 @@ def validate_sact_config(cfg: CN) -> None:
     if sact.HEAD_TYPE == "act" and sact.RES5_NUM_UNITS < 2:
         raise ValueError("MODEL.SACT.HEAD_TYPE act needs MODEL.SACT.RES5_NUM_UNITS >= 2 (a one-unit res5 "
                          f"cannot halt earlier), got {sact.RES5_NUM_UNITS}")
+    if sact.UNIT_TYPE not in UNIT_TYPES:
+        raise ValueError(f"MODEL.SACT.UNIT_TYPE must be one of {UNIT_TYPES}, got {sact.UNIT_TYPE!r}")
+    if not isinstance(sact.HALTING_NORM, bool):
+        raise ValueError(f"MODEL.SACT.HALTING_NORM must be True or False, got {sact.HALTING_NORM!r}")
+    if sact.HALTING_PADDING not in HALTING_PADDINGS:
+        raise ValueError(f"MODEL.SACT.HALTING_PADDING must be one of {HALTING_PADDINGS}, got {sact.HALTING_PADDING!r}")
+    if sact.EXECUTION != "dense":
+        spatial_padding = sact.HALTING_PADDING if sact.TYPE == "sact" else "zeros"  # ACT has no 3x3 term
+        unsupported = [f"MODEL.SACT.{key} {value}" for key, value, default in (
+            ("UNIT_TYPE", sact.UNIT_TYPE, "post_activation"), ("HALTING_PADDING", spatial_padding, "zeros"))
+            if value != default]
+        if unsupported:
+            raise ValueError(f"MODEL.SACT.EXECUTION {sact.EXECUTION} does not support {' and '.join(unsupported)} "
+                             "(the sparse executors fold post-activation units and zero-padded halting "
+                             "branches); use MODEL.SACT.EXECUTION dense")
+    validate_classifier_config(cfg)
     validate_coco_json(cfg.DATASETS.COCO_JSON)
+    validate_image_folders(cfg.DATASETS.IMAGE_FOLDERS)
+
+
+def validate_classifier_config(cfg: CN) -> None:
+    """Raises ValueError naming the key when ``MODEL.CLASSIFIER``, ``INPUT.CLS`` or
+    ``TEST.IMS_PER_BATCH`` is out of range."""
+    classifier, sizes = cfg.MODEL.CLASSIFIER, cfg.INPUT.CLS
+    if classifier.NUM_CLASSES < 1:
+        raise ValueError(f"MODEL.CLASSIFIER.NUM_CLASSES must be >= 1, got {classifier.NUM_CLASSES}")
+    if not 0.0 <= classifier.LABEL_SMOOTHING < 1.0:
+        raise ValueError(f"MODEL.CLASSIFIER.LABEL_SMOOTHING must be in [0, 1), got {classifier.LABEL_SMOOTHING}")
+    for key in ("TRAIN_SIZE", "TEST_RESIZE", "TEST_SIZE"):
+        if sizes[key] < 1:
+            raise ValueError(f"INPUT.CLS.{key} must be a positive number of pixels, got {sizes[key]}")
+    if sizes.TEST_SIZE > sizes.TEST_RESIZE:
+        raise ValueError(f"INPUT.CLS.TEST_SIZE ({sizes.TEST_SIZE}) is the central crop of the image resized to "
+                         f"INPUT.CLS.TEST_RESIZE ({sizes.TEST_RESIZE}): it cannot be larger")
+    if not 0.0 < sizes.TRAIN_MIN_AREA <= 1.0:
+        raise ValueError(f"INPUT.CLS.TRAIN_MIN_AREA must be in (0, 1] (a share of the image area), "
+                         f"got {sizes.TRAIN_MIN_AREA}")
+    if cfg.TEST.IMS_PER_BATCH < 1:
+        raise ValueError(f"TEST.IMS_PER_BATCH must be >= 1, got {cfg.TEST.IMS_PER_BATCH}")
+
+
+def validate_image_folders(entries) -> None:
+    """Raises ValueError unless ``DATASETS.IMAGE_FOLDERS`` is a sequence of
+    (name, directory) pairs of non-empty strings, names unique."""
+    expected = ("DATASETS.IMAGE_FOLDERS must be a list of (name, directory) pairs, "
+                "e.g. ((\"my_train\", \"data/train\"),)")
+    if isinstance(entries, str) or not isinstance(entries, (list, tuple)):
+        raise ValueError(f"{expected}; got {entries!r}")
+    names = []
+    for entry in entries:
+        if (isinstance(entry, str) or not isinstance(entry, (list, tuple)) or len(entry) != 2
+                or not all(isinstance(v, str) and v for v in entry)):
+            raise ValueError(f"{expected}; got the entry {entry!r}")
+        names.append(entry[0])
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"DATASETS.IMAGE_FOLDERS names each dataset once; {repeated} appear more than once")
 
 
 def validate_coco_json(entries) -> None:
@@ -121,8 +219,18 @@ def validate_coco_json(entries) -> None:
 
 
 def units_per_block(cfg: CN):
-    """Units of res2, res3, res4 for this config."""
-    return tuple(cfg.MODEL.SACT.NUM_UNITS) or UNITS_PER_DEPTH[cfg.MODEL.RESNETS.DEPTH]
+    """Units of res2, res3, res4 (and res5: ``MODEL.SACT.RES5_NUM_UNITS``) for this config."""
+    return (tuple(cfg.MODEL.SACT.NUM_UNITS) or UNITS_PER_DEPTH[cfg.MODEL.RESNETS.DEPTH]) + (cfg.MODEL.SACT.RES5_NUM_UNITS,)
+
+
+def is_classifier(cfg: CN) -> bool:
+    """Whether the config builds the ImageNet-stage classifier (not the detector)."""
+    return cfg.MODEL.META_ARCHITECTURE == CLASSIFIER_META_ARCHITECTURE
+
+
+def reference_units_per_block(depth: int):
+    """Units of res2-res5 of the standard ResNet of ``depth`` (the "% of dense" reference)."""
+    return UNITS_PER_DEPTH[depth] + (RES5_UNITS,)
 
 
 def fall_back_to_cpu(cfg: CN) -> bool:

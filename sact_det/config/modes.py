@@ -10,6 +10,15 @@ EXECUTIONS = ("dense", "perforated", "tiled")
 SPARSE_EXECUTIONS = ("perforated", "tiled")
 # MODEL.SACT.HEAD_TYPE: the box head's res5, plain or ACT per proposal.
 HEAD_TYPES = ("none", "act")
+# MODEL.SACT.UNIT_TYPE: Detectron2's post-activation BottleneckBlock, or the
+# pre-activation unit of He et al. 2016 that the paper's ImageNet models use.
+UNIT_TYPES = ("post_activation", "pre_activation")
+# MODEL.SACT.HALTING_PADDING: padding of the halting branch's 3x3 term (eq. 14):
+# zeros (the paper's, TensorFlow's "SAME") or the border cells replicated.
+HALTING_PADDINGS = ("zeros", "replicate")
+# Meta-architectures built by sact-det: the detector and the ImageNet-stage classifier.
+CLASSIFIER_META_ARCHITECTURE = "SACTClassifier"
 
-# Residual units per block (res2, res3, res4) of the standard ResNets.
+# Residual units per block (res2, res3, res4) of the standard ResNets; res5 has 3 in all.
 UNITS_PER_DEPTH = {50: (3, 4, 6), 101: (3, 4, 23), 152: (3, 8, 36)}
+RES5_UNITS = 3

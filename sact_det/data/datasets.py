@@ -279,16 +279,22 @@ def _category_names_for(name: str, json_file: str, source: str = "") -> List[str
                               f"{e}") from None
 
 
+_LISTED = ("coco", "synthetic", "imagenet")  # the registered names an unknown dataset's error lists
+
+
 def check_datasets_exist(names: Iterable[str]) -> None:
     """Raises FileNotFoundError naming the dataset, the missing file or
     directory, and where to get it, for COCO-format datasets."""
     for name in names:
         if name not in DatasetCatalog.list():
             raise InputKeyError(f"dataset {name!r} is not registered (a COCO-format dataset of your own goes "
-                                "in DATASETS.COCO_JSON); registered datasets include "
-                                f"{sorted(n for n in DatasetCatalog.list() if 'coco' in n or 'synthetic' in n)}")
+                                "in DATASETS.COCO_JSON, an image-classification folder in DATASETS.IMAGE_FOLDERS); "
+                                "registered datasets include "
+                                f"{sorted(n for n in DatasetCatalog.list() if any(k in n for k in _LISTED))}")
         meta = MetadataCatalog.get(name)
-        if name in SYNTHETIC_SPLITS:
+        if meta.get("missing_hint"):  # set by whoever registered it (sact_det.data.classification)
+            hint = meta.missing_hint
+        elif name in SYNTHETIC_SPLITS:
             hint = ("generate it with `python tools/make_synthetic_coco.py` "
                     "(or run the demo, which does)")
         elif meta.get("source") == CONFIG_SOURCE:

@@ -176,7 +176,9 @@ def build_resumable_train_loader(dataset_dicts: List[dict], mapper: Callable[[di
                                  world_size: int = 1, group_by_aspect: bool = True,
                                  names: Sequence[str] = ()) -> ResumableTrainLoader:
     """The training loader of one rank; ``batch_size`` images per batch on this rank."""
-    sampler = ResumableBatchSampler([(d["height"], d["width"]) for d in dataset_dicts], batch_size, seed,
+    # Classification dicts carry no sizes: they are never grouped by orientation.
+    sizes = [(d["height"], d["width"]) if group_by_aspect else (1, 1) for d in dataset_dicts]
+    sampler = ResumableBatchSampler(sizes, batch_size, seed,
                                     rank, world_size, group_by_aspect)
     dataset = SeededMapDataset(dataset_dicts, mapper, seed, rank, names)
     # Its own generator: the loader draws its workers' base seed when iterated,

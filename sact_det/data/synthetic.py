@@ -28,7 +28,7 @@ import json
 import math
 import os
 import re
-from typing import Dict, List, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -269,24 +269,30 @@ def _fill(contours: List[np.ndarray], height: int, width: int) -> np.ndarray:
 
 
 def render_image(rng: np.random.RandomState, height: int, width: int, max_objects: int = 4,
-                 split_styles: str = "train") -> Tuple[np.ndarray, List[Dict], str]:
+                 split_styles: str = "train", categories: Sequence[str] = None,
+                 size_range: Tuple[float, float] = SIZE_RANGE,
+                 distractors: bool = True) -> Tuple[np.ndarray, List[Dict], str]:
     """One uint8 BGR image, its objects (category, style, visible bool mask) and
     its background style. ``split_styles``: "train" or "heldout" (the
-    appearances and backgrounds drawn from)."""
+    appearances and backgrounds drawn from); ``categories``: the names objects
+    are drawn from (default: all); ``size_range``: object size range as a share
+    of the shorter image side (log-uniform); ``distractors``: False draws none.
+    The defaults draw what version 2 of the detection dataset drew."""
+    names = [c["name"] for c in CATEGORIES] if categories is None else list(categories)
     background = str(rng.choice(BACKGROUND_STYLES[split_styles]))
     image = _background(rng, background, height, width)
     styles = OBJECT_STYLES[split_styles]
     num_objects = rng.randint(1, max_objects + 1)
     num_distractors = rng.randint(2, 4) if background == "clutter" else rng.randint(0, 2)
+    num_distractors *= distractors  # drawn either way: the random stream stays the same
     layers = ["object"] * num_objects + ["distractor"] * num_distractors
     rng.shuffle(layers)  # distractors in front of some objects, behind others
     short = min(height, width)
     objects = []  # dicts with "coverage" (full shape) and "visible"
     for kind in layers:
         for _attempt in range(30):  # rejection sampling: keep every object mostly visible
-            shape = (CATEGORIES[rng.randint(len(CATEGORIES))]["name"] if kind == "object"
-                     else str(rng.choice(DISTRACTORS)))
-            size = short * math.exp(rng.uniform(math.log(SIZE_RANGE[0]), math.log(SIZE_RANGE[1])))
+            shape = names[rng.randint(len(names))] if kind == "object" else str(rng.choice(DISTRACTORS))
+            size = short * math.exp(rng.uniform(math.log(size_range[0]), math.log(size_range[1])))
             cx, cy = rng.uniform(size / 2, width - size / 2), rng.uniform(size / 2, height - size / 2)
             contours = _polygon(shape, cx, cy, size, rng.uniform(0, 2 * math.pi), rng)
             coverage = _fill(contours, height, width)

@@ -16,6 +16,9 @@ file, ``MODEL.WEIGHTS`` or the one ``last_checkpoint`` names, goes through
 ``torch.load(weights_only=True)`` for the rest), and anything but weights data is
 refused, naming the file and what it asked for.
 
+A classifier's checkpoint (the ImageNet stage) loads into a detector with its
+res5 moved into the box head (:mod:`sact_det.engine.classifier_weights`).
+
 Files that are not checkpoints, a missing file, a directory, a URL that cannot
 be downloaded and an empty or dangling ``last_checkpoint`` are errors that name
 the file. Checkpoints and ``last_checkpoint`` are written to a temporary file and
@@ -29,6 +32,7 @@ import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 
+from sact_det.engine.classifier_weights import adapt_classifier_checkpoint
 from sact_det.utils.errors import InputError, InputFileNotFoundError, InputValueError
 from sact_det.utils.files import atomic_path
 from sact_det.utils.safe_load import (UnsafeCheckpointError, is_binary_checkpoint, load_pickle_weights,
@@ -39,7 +43,7 @@ __all__ = ["BrokenWeightsError", "CheckpointMismatchError", "SACTCheckpointer", 
 LAST_CHECKPOINT = "last_checkpoint"  # fvcore's name for the file naming the latest checkpoint
 
 # Parameters that must come from the checkpoint when one is given.
-REQUIRED_PREFIXES = ("backbone.", "roi_heads.res5.")
+REQUIRED_PREFIXES = ("backbone.", "roi_heads.res5.", "roi_heads.postnorm.")
 
 
 class CheckpointMismatchError(InputError, RuntimeError):
@@ -159,6 +163,8 @@ class SACTCheckpointer(DetectionCheckpointer):
             f.write(last_filename_basename)
 
     def _load_model(self, checkpoint):
+        # A classifier's checkpoint into a detector: res5 -> the box head (sact_det.engine.classifier_weights).
+        adapt_classifier_checkpoint(checkpoint, self.model.state_dict().keys(), self._source, self.logger)
         incompatible = super()._load_model(checkpoint)
         if incompatible is None:
             return incompatible

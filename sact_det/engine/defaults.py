@@ -11,7 +11,8 @@ from detectron2.engine import default_setup
 from detectron2.utils.logger import setup_logger
 
 from sact_det.config import fall_back_to_cpu, get_sact_cfg
-from sact_det.data import (SYNTHETIC_SPLITS, check_datasets_exist, check_num_classes, ensure_synthetic,
+from sact_det.data import (SYNTHETIC_CLS_SPLITS, SYNTHETIC_SPLITS, check_datasets_exist, check_num_classes,
+                           ensure_synthetic, ensure_synthetic_cls, register_classification_datasets,
                            register_config_datasets, register_synthetic)
 from sact_det.data.annotations import validate_on_load
 from sact_det.utils.cli import error_message
@@ -38,6 +39,7 @@ def load_config(config_file: str, opts: Sequence[str] = (), parser: argparse.Arg
             raise InputFileNotFoundError(f"MODEL.WEIGHTS: expected a checkpoint file, {weights!r} does not exist")
         fall_back_to_cpu(cfg)
         register_config_datasets(cfg)
+        register_classification_datasets(cfg)
     except (KeyError, ValueError, FileNotFoundError) as e:  # the messages name the key or file
         if parser is None:
             raise
@@ -61,7 +63,8 @@ def _prepare(cfg, args):
     anything runs (and checked again when they are loaded)."""
     names = set(cfg.DATASETS.TEST) | (set() if args.eval_only else set(cfg.DATASETS.TRAIN))
     register_config_datasets(cfg)
-    check_num_classes(cfg.MODEL.ROI_HEADS.NUM_CLASSES, sorted(names))  # before anything is written
+    if cfg.MODEL.META_ARCHITECTURE != "SACTClassifier":  # a classifier's classes are its folders
+        check_num_classes(cfg.MODEL.ROI_HEADS.NUM_CLASSES, sorted(names))  # before anything is written
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="sact_det")
     if names & set(SYNTHETIC_SPLITS):
@@ -69,6 +72,12 @@ def _prepare(cfg, args):
             ensure_synthetic()  # generated on first use (said where), then reused
         comm.synchronize()
         register_synthetic()
+    register_classification_datasets(cfg)
+    if names & set(SYNTHETIC_CLS_SPLITS):
+        if comm.get_local_rank() == 0:
+            ensure_synthetic_cls()
+        comm.synchronize()
+        register_classification_datasets(cfg)
     check_datasets_exist(sorted(names))
     validate_on_load(sorted(names))  # Detectron2's own COCO datasets; sact-det's are checked when registered
 

@@ -23,12 +23,13 @@ def build_inference_model(cfg):
 
 
 class SACTPredictor:
-    """Detectron2's ``DefaultPredictor`` for SACT models: it takes what
+    """Detectron2's ``DefaultPredictor`` for SACT detectors and classifiers: it takes what
     ``DefaultPredictor`` takes (a BGR ``uint8 [H, W, 3]`` array, as
     ``cv2.imread`` gives, converted to ``cfg.INPUT.FORMAT``) and applies the
     config's test-time resizing; weights are loaded with :class:`SACTCheckpointer`
     (which names the keys of a checkpoint that does not fit); the SACT report is
-    returned with the detections.
+    returned with the detections (a classifier: with its ``scores``, on the
+    whole image resized as ``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST`` say).
 
     ``metadata`` names the classes (:func:`~sact_det.data.datasets.model_metadata`:
     the first of ``DATASETS.TEST``, else of ``DATASETS.TRAIN``, also a dataset of

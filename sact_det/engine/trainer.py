@@ -1,7 +1,9 @@
 """The trainer, in Detectron2's style (``tools/train_net.py`` runs it through :mod:`.train_net`).
 
 ``SACTTrainer`` is Detectron2's ``DefaultTrainer`` with what a SACT run needs:
-the COCO evaluator plus the SACT FLOPs/ponder evaluator, a console line with
+the COCO evaluator plus the SACT FLOPs/ponder evaluator (for the classifier,
+``MODEL.META_ARCHITECTURE SACTClassifier``: labelled images and the top-1/top-5
+evaluator with the same report), a console line with
 each block's ponder cost and units every logging period, a checkpointer that
 names the keys of a checkpoint that does not fit, multi-process training on
 CPUs as well as GPUs, and runs that lose nothing:
@@ -27,16 +29,20 @@ from typing import Optional
 import torch
 
 import detectron2.utils.comm as comm
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.data import DatasetCatalog, build_detection_test_loader, build_detection_train_loader
+from detectron2.data.build import get_detection_dataset_dicts
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, hooks
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
 from detectron2.utils.logger import setup_logger
 
+from sact_det.config import is_classifier
 from sact_det.data.build import training_dataset_dicts
+from sact_det.data.cls_mapper import ClassificationMapper
 from sact_det.data.mapper import ReportingDatasetMapper
 from sact_det.data.sampling import ResumableTrainLoader, build_resumable_train_loader
 from sact_det.engine.checkpoint import SACTCheckpointer, check_finite_weights
 from sact_det.engine.hooks import FinishedEvalHook, FiniteCheckpointer, IterationSeeds, SACTMetricPrinter
+from sact_det.evaluation.classification import ClassificationEvaluator
 from sact_det.evaluation.evaluator import SACTEvaluator
 from sact_det.utils.env import has_compiled_ops
 from sact_det.utils.errors import InputError, InputValueError
@@ -150,9 +156,16 @@ class SACTTrainer(DefaultTrainer):
     def build_train_loader(cls, cfg):
         """Training batches that are a function of (SEED, iteration) (exact resume,
         :mod:`sact_det.data.sampling`) for ``DATALOADER.SAMPLER_TRAIN``
-        TrainingSampler; Detectron2's loader for its other samplers."""
-        mapper = ReportingDatasetMapper(cfg, True)
-        dataset_dicts = training_dataset_dicts(cfg)
+        TrainingSampler; Detectron2's loader for its other samplers. The
+        classifier (``MODEL.META_ARCHITECTURE SACTClassifier``) reads labelled
+        images (:mod:`sact_det.data.classification`), the detector boxes."""
+        classifier = is_classifier(cfg)
+        if classifier:
+            mapper = ClassificationMapper(cfg, True)
+            dataset_dicts = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=False)
+        else:
+            mapper = ReportingDatasetMapper(cfg, True)
+            dataset_dicts = training_dataset_dicts(cfg)
         if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
             logger.warning(f"DATALOADER.SAMPLER_TRAIN {cfg.DATALOADER.SAMPLER_TRAIN}: Detectron2's data loader; "
                            "a resumed run will not see the batches the uninterrupted run would have")
@@ -164,15 +177,21 @@ class SACTTrainer(DefaultTrainer):
         seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
         return build_resumable_train_loader(
             dataset_dicts, mapper, cfg.SOLVER.IMS_PER_BATCH // world_size, seed, cfg.DATALOADER.NUM_WORKERS,
-            comm.get_rank(), world_size, cfg.DATALOADER.ASPECT_RATIO_GROUPING, cfg.DATASETS.TRAIN)
+            comm.get_rank(), world_size, cfg.DATALOADER.ASPECT_RATIO_GROUPING and not classifier, cfg.DATASETS.TRAIN)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
+        if is_classifier(cfg):  # crops of one size: TEST.IMS_PER_BATCH at a time
+            return build_detection_test_loader(DatasetCatalog.get(dataset_name), mapper=ClassificationMapper(cfg, False),
+                                               batch_size=cfg.TEST.IMS_PER_BATCH,
+                                               num_workers=cfg.DATALOADER.NUM_WORKERS)
         return build_detection_test_loader(cfg, dataset_name, mapper=ReportingDatasetMapper(cfg, False))
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        if is_classifier(cfg):
+            return ClassificationEvaluator(dataset_name, output_dir=output_folder)
         return DatasetEvaluators([
             # The official pycocotools protocol; Detectron2's faster C++ version
             # needs its compiled ops, which sact-det does not require.

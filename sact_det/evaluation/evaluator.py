@@ -30,7 +30,8 @@ from detectron2.utils.file_io import PathManager
 
 from sact_det.evaluation.metrics import object_agreement, object_mask
 
-__all__ = ["SACTEvaluator", "summarize_records", "format_summary", "REPORT_FILE"]
+__all__ = ["SACTEvaluator", "summarize_records", "format_summary", "flat_metrics", "gather_records", "write_report",
+           "REPORT_FILE"]
 
 REPORT_FILE = "sact_report.json"
 logger = logging.getLogger("sact_det")
@@ -80,6 +81,8 @@ def summarize_records(records: List[dict]) -> dict:
         summary["ponder_cost"] = _stats([r["ponder_cost"] for r in records])
         summary["ponder_cost_per_block"] = {
             b: _stats([r["ponder_cost_per_block"][b] for r in records]) for b in blocks}
+        # mean over the images whose map has an interior (sact_det.modeling.maps.border_ratio)
+        summary["border_ratio_per_block"] = {b: _mean_of(records, "border_ratio_per_block", b) for b in blocks}
     if any(r.get("object_auc") is not None for r in records):
         summary["object_auc"] = _mean_of(records, "object_auc")
         summary["agreement"] = {"all": _agreement(records, blocks)}
@@ -89,8 +92,9 @@ def summarize_records(records: List[dict]) -> dict:
     return summary
 
 
-def format_summary(summary: dict) -> str:
-    """The summary as tables (Table 1 and Table 3 formats, then object agreement)."""
+def format_summary(summary: dict, network: str = "Feature extractor", extra_parts: str = "") -> str:
+    """The summary as tables (Table 1 and Table 3 formats, then object agreement);
+    the title names ``network`` and its parts: the stem, the blocks, ``extra_parts``."""
     def pm(s, fmt):
         return f"{s['mean']:{fmt}} ± {s['std']:{fmt}}" if s else "-"
 
@@ -103,8 +107,11 @@ def format_summary(summary: dict) -> str:
     if "ponder_cost" in summary:
         rows.append(["ponder cost"] + [pm(summary["ponder_cost_per_block"][b], ".2f") for b in blocks]
                     + [pm(summary["ponder_cost"], ".2f")])
+        rows.append(["border ratio"] + [pm(summary["border_ratio_per_block"].get(b), ".2f") for b in blocks] + [""])
     block_table = tabulate(rows, headers=[""] + blocks + ["total"], tablefmt="pipe")
-    text = f"Feature extractor (stem + {', '.join(blocks)}):\n{flops_table}\n{block_table}"
+    text = f"{network} (stem + {', '.join(blocks)}{extra_parts}):\n{flops_table}\n{block_table}"
+    if "ponder_cost" in summary:
+        text += "\n(border ratio: mean ponder cost on the outermost ring of cells / on the interior)"
     if "detector_flops" in summary:
         row = [pm(summary["flops"], ".3e"), pm(summary["rpn_flops"], ".3e"), pm(summary["box_head_flops"], ".3e"),
                f"{summary['num_proposals']['mean']:.0f}", pm(summary["detector_flops"], ".3e"),
@@ -143,6 +150,9 @@ def flat_metrics(summary: dict) -> Dict[str, float]:
         metrics["ponder_cost"] = summary["ponder_cost"]["mean"]
         for block, stats in summary["ponder_cost_per_block"].items():
             metrics[f"ponder_cost_{block}"] = stats["mean"]
+        for block, stats in summary["border_ratio_per_block"].items():
+            if stats:
+                metrics[f"border_ratio_{block}"] = stats["mean"]
     if "detector_flops" in summary:
         metrics["detector_FLOPs"] = summary["detector_flops"]["mean"]
         metrics["detector_FLOPs_pct"] = summary["detector_flops_pct"]["mean"]
@@ -216,12 +226,9 @@ class SACTEvaluator(DatasetEvaluator):
             self._records.append(record)
 
     def evaluate(self):
-        records = self._records
-        if self._distributed:
-            comm.synchronize()
-            records = list(itertools.chain(*comm.gather(records, dst=0)))
-            if not comm.is_main_process():
-                return {}
+        records = gather_records(self._records, self._distributed)
+        if records is None:
+            return {}
         if not records:
             logger.warning(f"[SACTEvaluator] no SACT outputs on {self._dataset_name}: "
                            "is MODEL.META_ARCHITECTURE SACTRCNN?")
@@ -229,10 +236,25 @@ class SACTEvaluator(DatasetEvaluator):
         summary = summarize_records(records)
         if self._log_summary:
             logger.info(f"SACT evaluation on {self._dataset_name}:\n" + format_summary(summary))
-        if self._output_dir:
-            PathManager.mkdirs(self._output_dir)
-            path = os.path.join(self._output_dir, REPORT_FILE)
-            with PathManager.open(path, "w") as f:
-                json.dump({"dataset": self._dataset_name, "summary": summary, "images": records}, f)
-            logger.info(f"SACT report written to {path}")
+        write_report(self._output_dir, self._dataset_name, summary, records)
         return {"sact": flat_metrics(summary)}
+
+
+def gather_records(records: List[dict], distributed: bool) -> Optional[List[dict]]:
+    """Every process's records on the main process; None on the others."""
+    if not distributed:
+        return records
+    comm.synchronize()
+    records = list(itertools.chain(*comm.gather(records, dst=0)))
+    return records if comm.is_main_process() else None
+
+
+def write_report(output_dir: Optional[str], dataset_name: str, summary: dict, records: List[dict]) -> None:
+    """``output_dir/sact_report.json``: the summary and every image's record (nothing without ``output_dir``)."""
+    if not output_dir:
+        return
+    PathManager.mkdirs(output_dir)
+    path = os.path.join(output_dir, REPORT_FILE)
+    with PathManager.open(path, "w") as f:
+        json.dump({"dataset": dataset_name, "summary": summary, "images": records}, f)
+    logger.info(f"SACT report written to {path}")

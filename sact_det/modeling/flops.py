@@ -1,8 +1,18 @@
 """Per-image FLOPs of the feature extractor, in the paper's convention (sec. 4.1).
 
 * A multiply-add is 2 FLOPs; only convolutions (and the halting branch's
-  linear layer, a 1x1 convolution on the pooled features) are counted.
-* The feature extractor is the stem and blocks 1-3 (res2, res3, res4).
+  linear layer, a 1x1 convolution on the pooled features) are counted. Biases,
+  batch norms, ReLUs, pooling and the halting arithmetic are not: the official
+  ``flopsometer`` counts ``2 x positions x C_out x k_h x k_w x C_in`` the same way.
+* The detector's feature extractor is the stem and blocks 1-3 (res2, res3,
+  res4); the classifier adds res5 and its linear layer (:func:`linear_flops`,
+  which is the official code's 1x1 "logits" convolution on the pooled features).
+* Both unit types count alike: Detectron2's post-activation units and the
+  pre-activation ones of :mod:`sact_det.modeling.preact` have the same three
+  convolutions (the stride in the 1x1 or the 3x3 one, read from the modules)
+  and a projection shortcut in the first unit of a block. A dense
+  pre-activation ResNet-101 at 224x224 with 1001 classes counts
+  15,602,814,976 FLOPs, the constant of the official ``imagenet_model_test.py``.
 * A unit that SACT evaluates at a set of active positions costs its first 1x1
   convolution on the 3x3-dilated active set (the 3x3 convolution reads those
   neighbours) and its 3x3 and last 1x1 convolutions on the active set only:
@@ -69,7 +79,8 @@ def dense_units_flops(units: Sequence[nn.Module], size: Size) -> Tuple[int, Size
 
 def stem_flops(stem: nn.Module, size: Size) -> Tuple[int, Size]:
     """FLOPs of the ResNet stem (7x7 stride-2 conv; the 3x3 stride-2 max-pool is
-    not a convolution); returns (FLOPs, output size after the pool)."""
+    not a convolution); returns (FLOPs, output size after the pool: ``ceil(n / 2)``
+    for Detectron2's padding-1 pool and TensorFlow's "SAME" one alike)."""
     hw = conv_output_size(stem.conv1, size)
     pooled = tuple((n + 2 - 3) // 2 + 1 for n in hw)  # max_pool2d(3, stride 2, padding 1)
     return conv_flops(stem.conv1, hw[0] * hw[1]), pooled
@@ -145,6 +156,8 @@ def rpn_flops(rpn_head: nn.Module, feature_size: Size) -> int:
 
 
 def linear_flops(layer: nn.Linear) -> int:
+    """FLOPs of a linear layer on one input vector (multiply-add = 2, bias
+    ignored): the classifier's logits and the box predictor, per image or proposal."""
     return 2 * layer.in_features * layer.out_features
 
 

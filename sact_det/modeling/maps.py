@@ -5,14 +5,14 @@ stride ``s`` covers the network-input pixels ``[s*i, s*i + s) x [s*j, s*j + s)``
 (the last row/column may overhang the input, as feature maps round sizes up).
 The network input is the image resized by the test-time resizing.
 """
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-__all__ = ["total_ponder_map", "map_to_image", "image_to_grid"]
+__all__ = ["total_ponder_map", "border_ratio", "map_to_image", "image_to_grid"]
 
 
 def total_ponder_map(block_maps: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -21,6 +21,20 @@ def total_ponder_map(block_maps: Sequence[torch.Tensor]) -> torch.Tensor:
     size = block_maps[0].shape[-2:]
     return sum(F.interpolate(m[None, None].float(), size=size, mode="nearest")[0, 0]
                for m in block_maps)
+
+
+def border_ratio(value_map: torch.Tensor) -> Optional[float]:
+    """Mean of a map ``[h, w]`` on its outermost ring of cells (first and last
+    row and column) divided by its mean on the interior: 1 when the border
+    costs what the interior does; None for a map without interior (h or w < 3).
+    Zero padding of the halting branch's 3x3 term can make it > 1 (issue 27)."""
+    height, width = value_map.shape[-2:]
+    if height < 3 or width < 3:
+        return None
+    value_map = value_map.double()
+    interior = value_map[1:-1, 1:-1]
+    ring_mean = (value_map.sum() - interior.sum()) / (height * width - interior.numel())
+    return float(ring_mean / interior.mean())
 
 
 def map_to_image(value_map: torch.Tensor, input_size: Tuple[int, int], image_size: Tuple[int, int],

@@ -11,7 +11,7 @@ from detectron2.utils.events import get_event_storage
 from sact_det.modeling.report import add_detector_flops, build_reports
 from sact_det.utils.errors import NonFiniteOutputError
 
-__all__ = ["SACTRCNN"]
+__all__ = ["SACTRCNN", "ponder_loss", "finite_at_inference"]
 
 
 def _tensors(value) -> List[torch.Tensor]:
@@ -20,7 +20,7 @@ def _tensors(value) -> List[torch.Tensor]:
     return [t for v in value for t in _tensors(v)] if isinstance(value, (tuple, list)) else []
 
 
-def _finite_at_inference(head: str):
+def finite_at_inference(head: str):
     """A forward hook: at inference, raises :class:`NonFiniteOutputError` naming
     ``head`` when the module's output tensors hold NaN or infinity. Detectron2's
     proposal and box post-processing silently drop such predictions, which
@@ -33,6 +33,24 @@ def _finite_at_inference(head: str):
             raise NonFiniteOutputError(f"the {head} produced non-finite outputs (NaN or inf): the model "
                                        "weights (MODEL.WEIGHTS) are broken")
     return hook
+
+
+def ponder_loss(stage_outputs: Dict[str, "StageOutput"], ponder_weight: float) -> Optional[torch.Tensor]:  # noqa: F821
+    """``tau * mean_batch(sum_k rho_k)`` over the adaptive blocks (eq. 13), None
+    without any; logs each block's mean units and ponder cost, and the total,
+    to the event storage (``metrics.json``, TensorBoard, the console line)."""
+    adaptive = {k: v for k, v in stage_outputs.items() if v.ponder_map is not None}
+    storage = get_event_storage()
+    for name, out in stage_outputs.items():
+        storage.put_scalar(f"sact/units/{name}", out.mean_units().mean().item())
+    if not adaptive:
+        return None
+    ponder = {name: out.ponder_cost() for name, out in adaptive.items()}
+    for name, value in ponder.items():
+        storage.put_scalar(f"sact/ponder_cost/{name}", value.mean().item())
+    total = torch.stack(list(ponder.values())).sum(dim=0)  # sum_k rho_k per image
+    storage.put_scalar("sact/ponder_cost/total", total.mean().item())
+    return ponder_weight * total.mean()
 
 
 @META_ARCH_REGISTRY.register()
@@ -63,7 +81,7 @@ class SACTRCNN(GeneralizedRCNN):
         for module, head in ((getattr(self.proposal_generator, "rpn_head", None), "RPN head"),
                              (getattr(self.roi_heads, "box_predictor", None), "box head (res5 and box predictor)")):
             if module is not None:
-                module.register_forward_hook(_finite_at_inference(head))
+                module.register_forward_hook(finite_at_inference(head))
 
     @classmethod
     def from_config(cls, cfg):
@@ -89,17 +107,9 @@ class SACTRCNN(GeneralizedRCNN):
 
         losses = {**detector_losses, **proposal_losses}  # with loss_ponder_head for an ACT box head
         # The feature extractor's blocks; an ACT box head logs sact/*/head itself.
-        adaptive = {k: v for k, v in stage_outputs.items() if v.ponder_map is not None}
-        storage = get_event_storage()
-        for name, out in stage_outputs.items():
-            storage.put_scalar(f"sact/units/{name}", out.mean_units().mean().item())
-        if adaptive:
-            ponder = {name: out.ponder_cost() for name, out in adaptive.items()}
-            for name, value in ponder.items():
-                storage.put_scalar(f"sact/ponder_cost/{name}", value.mean().item())
-            total = torch.stack(list(ponder.values())).sum(dim=0)  # sum_k rho_k per image
-            storage.put_scalar("sact/ponder_cost/total", total.mean().item())
-            losses["loss_ponder"] = self.ponder_weight * total.mean()
+        loss = ponder_loss(stage_outputs, self.ponder_weight)
+        if loss is not None:
+            losses["loss_ponder"] = loss
         return losses
 
     def inference(self, batched_inputs: List[Dict[str, torch.Tensor]],

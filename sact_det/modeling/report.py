@@ -17,11 +17,12 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from torch import nn
 
-from sact_det.modeling.flops import rpn_flops, stage_flops, stem_flops
-from sact_det.modeling.maps import map_to_image, total_ponder_map
+from sact_det.modeling.flops import linear_flops, rpn_flops, stage_flops, stem_flops
+from sact_det.modeling.maps import border_ratio, map_to_image, total_ponder_map
 
-__all__ = ["SACTReport", "build_reports", "add_detector_flops"]
+__all__ = ["SACTReport", "build_reports", "add_detector_flops", "add_classifier_flops"]
 
 
 # Read-only values computed from the fields, also readable as report[key].
@@ -30,7 +31,8 @@ DERIVED_KEYS = ("flops_pct", "detector_flops", "detector_dense_flops", "detector
 
 @dataclass
 class SACTReport(Mapping):
-    """One image's FLOPs, ponder cost and ponder maps (feature extractor: stem + res2-res4).
+    """One image's FLOPs, ponder cost and ponder maps (the detector's feature
+    extractor: stem + res2-res4; the classifier: stem + res2-res5 + its linear layer).
 
     FLOPs follow the paper's convention (:mod:`sact_det.modeling.flops`); ``dense_flops``
     is the dense reference ResNet's at the same input size
@@ -54,6 +56,9 @@ class SACTReport(Mapping):
     ponder_strides: Optional[Dict[str, int]] = None  # input pixels per cell of each block's map
     ponder_map: Optional[torch.Tensor] = None  # total, on the finest block's grid
     ponder_map_stride: Optional[int] = None  # input pixels per cell of ponder_map
+    # Per block: mean ponder cost on the outermost ring of cells / on the interior
+    # (sact_det.modeling.maps.border_ratio; None for a map without interior).
+    border_ratio_per_block: Optional[Dict[str, Optional[float]]] = None
     # The whole detector (None until add_detector_flops): the RPN head on the image's
     # res4 map, and the res5 box head on its proposals as evaluated.
     rpn_flops: Optional[int] = None
@@ -123,6 +128,7 @@ class SACTReport(Mapping):
             "image_size": list(self.image_size), "flops": self.flops, "flops_per_block": self.flops_per_block,
             "dense_flops": self.dense_flops, "flops_pct": self.flops_pct, "units_per_block": self.units_per_block,
             "ponder_cost": self.ponder_cost, "ponder_cost_per_block": self.ponder_cost_per_block,
+            "border_ratio_per_block": self.border_ratio_per_block,
         }
         if self.rpn_flops is not None:
             record.update(rpn_flops=self.rpn_flops, box_head_flops=self.box_head_flops,
@@ -170,6 +176,7 @@ def build_reports(backbone, stage_outputs: Dict[str, "StageOutput"],  # noqa: F8
             report.ponder_cost_per_block = {k: float(v[index]) for k, v in ponder.items()}
             report.ponder_cost = sum(report.ponder_cost_per_block.values())
             report.ponder_maps = maps
+            report.border_ratio_per_block = {name: border_ratio(m) for name, m in maps.items()}
             report.ponder_strides = {name: strides[name] for name in maps}
             report.ponder_map = total_ponder_map(list(maps.values()))
             report.ponder_map_stride = strides[next(iter(maps))]
@@ -189,3 +196,14 @@ def add_detector_flops(reports: List[SACTReport], rpn_head, feature_stride: int,
         report.num_proposals = head.num_proposals
         report.head_units = head.mean_units
         report.head_halting_shares = head.halting_shares(head_num_units)
+
+
+def add_classifier_flops(reports: List[SACTReport], linear: nn.Linear) -> None:
+    """Adds the classifier's linear layer on the pooled features (once per image,
+    ``flops_per_block["linear"]``) to each report's FLOPs and to its dense
+    reference's, as the official code counts its logits layer."""
+    cost = linear_flops(linear)
+    for report in reports:
+        report.flops_per_block["linear"] = cost
+        report.flops += cost
+        report.dense_flops += cost

@@ -19,19 +19,25 @@ every proposal (masked: exact gradients, every parameter used) and adds
 inference, ``EXECUTION dense`` runs the head masked, as trained; ``perforated``
 and ``tiled`` gather the still-active proposals before each unit
 (:class:`~sact_det.modeling.sparse.head.GatheredHeadExecutor`).
+
+With pre-activation units (``MODEL.SACT.UNIT_TYPE pre_activation``) res5's
+output goes through the network's final BN + ReLU (``roi_heads.postnorm``, the
+classifier's ``backbone.postnorm``) before the spatial mean.
 """
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 import torch
+from torch.nn import functional as F
 
 from detectron2.config import configurable
 from detectron2.modeling import ROI_HEADS_REGISTRY
-from detectron2.modeling.backbone.resnet import BottleneckBlock, ResNet
 from detectron2.modeling.roi_heads import Res5ROIHeads
 from detectron2.utils.events import get_event_storage
 
+from sact_det.modeling.backbone import halting_options, make_units
 from sact_det.modeling.flops import box_head_flops
+from sact_det.modeling.preact import build_postnorm
 from sact_det.modeling.sact.adaptive_stage import AdaptiveStage, check_finite
 from sact_det.modeling.sact.halting import set_test_halting_offset
 from sact_det.modeling.sparse.head import GatheredHeadExecutor
@@ -67,12 +73,15 @@ class Block4ROIHeads(Res5ROIHeads):
     ``MODEL.SACT.HEAD_TYPE act``, ACT over proposals (see the module docstring)."""
 
     @configurable
-    def __init__(self, *, head_tau: float = 0.0, execution: str = "dense", **kwargs):
+    def __init__(self, *, head_tau: float = 0.0, execution: str = "dense", postnorm: Optional[torch.nn.Module] = None,
+                 **kwargs):
         super().__init__(**kwargs)
         if self.mask_on:
             raise ValueError("MODEL.MASK_ON: sact-det's box head has no mask branch")
         self.head_tau = head_tau
         self.execution = execution
+        # Pre-activation units: the final BN (+ ReLU) after res5, as the classifier's backbone.postnorm.
+        self.postnorm = postnorm
         self._executor: Optional[GatheredHeadExecutor] = None
 
     @classmethod
@@ -80,6 +89,8 @@ class Block4ROIHeads(Res5ROIHeads):
         ret = super().from_config(cfg, input_shape)
         ret["head_tau"] = cfg.MODEL.SACT.HEAD_TAU
         ret["execution"] = cfg.MODEL.SACT.EXECUTION
+        if cfg.MODEL.SACT.UNIT_TYPE == "pre_activation":
+            ret["postnorm"] = build_postnorm(cfg.MODEL.RESNETS.NORM, ret["res5"].out_channels)
         return ret
 
     @classmethod
@@ -87,18 +98,22 @@ class Block4ROIHeads(Res5ROIHeads):
         r, s = cfg.MODEL.RESNETS, cfg.MODEL.SACT
         if r.DEFORM_ON_PER_STAGE[-1]:
             raise ValueError("MODEL.RESNETS.DEFORM_ON_PER_STAGE: deformable res5 is not supported")
-        num_units = s.RES5_NUM_UNITS
         out_channels = r.RES2_OUT_CHANNELS * 8  # res5 is 8x res2
-        units = ResNet.make_stage(
-            BottleneckBlock, num_units, stride_per_block=[2] + [1] * (num_units - 1),
-            in_channels=out_channels // 2, bottleneck_channels=r.NUM_GROUPS * r.WIDTH_PER_GROUP * 8,
-            out_channels=out_channels, num_groups=r.NUM_GROUPS, norm=r.NORM,
-            stride_in_1x1=r.STRIDE_IN_1X1,
-        )
+        units = make_units(cfg, s.RES5_NUM_UNITS, in_channels=out_channels // 2,
+                           bottleneck_channels=r.NUM_GROUPS * r.WIDTH_PER_GROUP * 8,
+                           out_channels=out_channels, first_stride=2)
         # ACT over proposals: one halting score per proposal (eq. 6); "none": plain res5.
-        res5 = AdaptiveStage(units, halting_type=s.HEAD_TYPE, eps=s.EPS, halting_bias_init=s.HALTING_BIAS_INIT)
+        res5 = AdaptiveStage(units, halting_type=s.HEAD_TYPE, eps=s.EPS, halting_bias_init=s.HALTING_BIAS_INIT,
+                             **halting_options(cfg))
         set_test_halting_offset(res5, s.TEST_HALTING_OFFSET)
         return res5, out_channels
+
+    def _pool(self, features: torch.Tensor) -> torch.Tensor:
+        """The box predictor's input ``[R, C]`` from res5's output map ``[R, C, h, w]``:
+        its spatial mean, after the postnorm of pre-activation units."""
+        if self.postnorm is not None:
+            features = F.relu(self.postnorm(features))
+        return features.mean(dim=(2, 3))
 
     @property
     def adaptive(self) -> bool:
@@ -114,7 +129,7 @@ class Block4ROIHeads(Res5ROIHeads):
         pooled = self.pooler([features[f] for f in self.in_features], proposal_boxes)
         if self.training:
             out = self.res5(pooled)
-            box_features, units = out.features.mean(dim=(2, 3)), out.num_units_map[:, 0, 0]
+            box_features, units = self._pool(out.features), out.num_units_map[:, 0, 0]
         else:
             box_features, units = self.run_res5(pooled)
         predictions = self.box_predictor(box_features)
@@ -138,7 +153,7 @@ class Block4ROIHeads(Res5ROIHeads):
         scores are an error naming the block (:func:`~sact_det.modeling.sact.adaptive_stage.check_finite`)."""
         if self.execution == "dense":  # masked, as trained
             out = self.res5(pooled)
-            features, units = out.features.mean(dim=(2, 3)), out.num_units_map[:, 0, 0]
+            features, units = self._pool(out.features), out.num_units_map[:, 0, 0]
             scores_finite, weights_finite = out.scores_finite, True
         else:
             executor = self._gathered_executor()

@@ -23,7 +23,7 @@ maps do not depend on what it is batched with.
 import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -95,16 +95,21 @@ def subsample_valid(valid: Optional[torch.Tensor], stride: int) -> Optional[torc
 
 
 def run_unit(unit: nn.Module, x: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tensor:
-    """A Detectron2 ``BottleneckBlock`` on ``x`` whose padded positions are zero.
+    """A residual unit on ``x`` whose padded positions are zero.
 
     ``valid``: bool ``[B, 1, H, W]`` at the unit's *input* resolution, or None
-    (no padding: the unit's own forward). Otherwise the output of the first
-    convolution and of the unit are zeroed at padded positions, so that the
-    3x3 convolution and the next unit read zeros there, as their own zero
-    padding gives an image alone.
+    (no padding: the unit's own forward). Otherwise, for Detectron2's
+    ``BottleneckBlock``, the output of the first convolution and of the unit
+    are zeroed at padded positions, so that the 3x3 convolution and the next
+    unit read zeros there, as their own zero padding gives an image alone. A
+    unit with its own ``forward_masked(x, valid)`` (the pre-activation unit of
+    :mod:`sact_det.modeling.preact`) does the same its way.
     """
     if valid is None:
         return unit(x)
+    forward_masked = getattr(unit, "forward_masked", None)
+    if forward_masked is not None:
+        return forward_masked(x, valid)
     out_valid = subsample_valid(valid, unit.stride)
     mid_valid = out_valid if unit.conv1.stride[0] == unit.stride else valid
     out = F.relu(unit.conv1(x))
@@ -119,7 +124,8 @@ class AdaptiveStage(nn.Module):
     """A block of residual units whose depth is chosen per image (ACT) or per position (SACT)."""
 
     def __init__(self, units: Sequence[nn.Module], halting_type: str = "sact",
-                 eps: float = 0.01, halting_bias_init: float = -3.0, tile_size: int = 1):
+                 eps: float = 0.01, halting_bias_init: float = -3.0, tile_size: int = 1,
+                 halting_norm: Optional[Callable[[int], nn.Module]] = None, halting_padding: str = "zeros"):
         """
         Args:
             units: the residual units ``F^1 .. F^L``; the first may change
@@ -129,6 +135,8 @@ class AdaptiveStage(nn.Module):
             halting_bias_init: initial halting bias ``b^l`` (section 4.1: -3).
             tile_size: k > 1 shares SACT halting scores within k x k tiles
                 (sec. 2.3), in training and in every execution mode.
+            halting_norm, halting_padding: the halting branches' ``norm`` and
+                ``padding`` (:class:`~sact_det.modeling.sact.halting.HaltingBranch`).
         """
         super().__init__()
         if halting_type not in HALTING_TYPES:
@@ -148,8 +156,8 @@ class AdaptiveStage(nn.Module):
         if halting_type != "none":
             # h^L = 1 (eq. 5): the last unit has no halting branch.
             self.halting = nn.ModuleList(
-                HaltingBranch(u.out_channels, spatial=halting_type == "sact",
-                              bias_init=halting_bias_init)
+                HaltingBranch(u.out_channels, spatial=halting_type == "sact", bias_init=halting_bias_init,
+                              norm=halting_norm, padding=halting_padding)
                 for u in list(units)[:-1]
             )
         else:

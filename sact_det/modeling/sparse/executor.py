@@ -13,12 +13,14 @@ from torch import nn
 from torch.nn import functional as F
 from torch.profiler import record_function
 
+from detectron2.modeling.backbone.resnet import BasicStem
+
 from sact_det.config.modes import SPARSE_EXECUTIONS
 from sact_det.modeling.flops import dense_unit_flops, halting_flops, perforated_unit_flops
 from sact_det.modeling.sact.act import HaltingState
 from sact_det.modeling.sact.adaptive_stage import AdaptiveStage, StageOutput, subsample_valid
 from sact_det.modeling.sact.halting import tile_mean
-from sact_det.modeling.sparse.folding import FoldedConv, FoldedHalting, FoldedUnit, WeightWatch
+from sact_det.modeling.sparse.folding import DENSE_ONLY, FoldedConv, FoldedHalting, FoldedUnit, WeightWatch
 from sact_det.modeling.sparse.rows import BlockRows, MapLayout
 from sact_det.modeling.sparse.units import act_unit, dense_unit, perforated_unit, tiled_unit
 
@@ -136,6 +138,9 @@ class SparseBackboneExecutor:
     """The stem (folded, channels-last) and one :class:`SparseStageExecutor` per block."""
 
     def __init__(self, stem: nn.Module, stages, execution: str, max_active: float = 0.8):
+        if not isinstance(stem, BasicStem):
+            raise ValueError(f"sparse execution (MODEL.SACT.EXECUTION) runs Detectron2's BasicStem, not "
+                             f"{type(stem).__name__} (MODEL.SACT.UNIT_TYPE pre_activation); {DENSE_ONLY}")
         self.execution, self.max_active = execution, max_active
         self.stem_conv = FoldedConv(stem.conv1)
         self.stem_finite = self.stem_conv.finite  # see FoldedConv.finite

@@ -1,6 +1,11 @@
 """Inference weights for sparse execution: batch norm folded into the
 convolutions, channels-last layouts and row-matrix forms of the 1x1 and 3x3
-convolutions, for Detectron2's ``BottleneckBlock`` and for halting branches."""
+convolutions, for Detectron2's ``BottleneckBlock`` and for halting branches
+(whose optional batch norms, ``MODEL.SACT.HALTING_NORM``, fold into their weights).
+
+Pre-activation units (``MODEL.SACT.UNIT_TYPE pre_activation``) and
+replicate-padded halting branches are not supported: the executors refuse them
+with a message naming the key (``MODEL.SACT.EXECUTION dense`` runs them)."""
 from typing import Optional, Tuple
 
 import torch
@@ -8,11 +13,16 @@ from torch import nn
 from torch.nn import functional as F
 
 from detectron2.layers import FrozenBatchNorm2d
+from detectron2.modeling.backbone.resnet import BottleneckBlock
 
 from sact_det.modeling.sact.adaptive_stage import subsample_valid
-from sact_det.modeling.sparse.kernels import conv_add_relu, conv_add_relu_, conv_relu
+from sact_det.modeling.sparse.kernels import conv_add_relu, conv_add_relu_, conv_relu, linear
 
-__all__ = ["fold_conv_norm", "FoldedConv", "FoldedUnit", "FoldedHalting", "rows_of", "WeightWatch"]
+__all__ = ["norm_scale_shift", "fold_conv_norm", "FoldedConv", "FoldedUnit", "FoldedHalting", "rows_of",
+           "WeightWatch", "DENSE_ONLY"]
+
+# What to use for what the sparse executors do not run.
+DENSE_ONLY = "use MODEL.SACT.EXECUTION dense"
 
 
 class WeightWatch:
@@ -36,6 +46,15 @@ class WeightWatch:
         return self._read() != self._state
 
 
+def norm_scale_shift(norm: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) ``[C]`` of a frozen or eval-mode batch norm: ``norm(x) = x * scale + shift``."""
+    if not isinstance(norm, (FrozenBatchNorm2d, nn.modules.batchnorm._BatchNorm)):
+        raise ValueError(f"sparse execution folds batch norm into the convolutions; {type(norm).__name__} "
+                         "cannot be folded (MODEL.RESNETS.NORM must be FrozenBN, BN or SyncBN)")
+    scale = (norm.weight * torch.rsqrt(norm.running_var + norm.eps)).detach()
+    return scale, (norm.bias - norm.running_mean * scale).detach()
+
+
 def fold_conv_norm(conv: nn.Conv2d) -> Tuple[torch.Tensor, torch.Tensor]:
     """(weight, bias) of ``conv`` followed by its frozen or eval-mode batch norm."""
     weight = conv.weight.detach()
@@ -43,11 +62,7 @@ def fold_conv_norm(conv: nn.Conv2d) -> Tuple[torch.Tensor, torch.Tensor]:
     norm = getattr(conv, "norm", None)
     if norm is None:
         return weight, bias
-    if not isinstance(norm, (FrozenBatchNorm2d, nn.BatchNorm2d)):
-        raise ValueError(f"sparse execution folds batch norm into the convolutions; {type(norm).__name__} "
-                         "cannot be folded (MODEL.RESNETS.NORM must be FrozenBN, BN or SyncBN)")
-    scale = (norm.weight * torch.rsqrt(norm.running_var + norm.eps)).detach()
-    shift = (norm.bias - norm.running_mean * scale).detach()
+    scale, shift = norm_scale_shift(norm)
     return weight * scale.view(-1, 1, 1, 1), bias * scale + shift
 
 
@@ -87,6 +102,10 @@ class FoldedUnit:
     (``[out, in]``, as matrix products of gathered rows take them)."""
 
     def __init__(self, unit: nn.Module):
+        if not isinstance(unit, BottleneckBlock):
+            raise ValueError(f"sparse execution (MODEL.SACT.EXECUTION) runs Detectron2's post-activation "
+                             f"BottleneckBlock units, not {type(unit).__name__} (MODEL.SACT.UNIT_TYPE "
+                             f"pre_activation); {DENSE_ONLY}")
         self.conv1, self.conv2, self.conv3 = (FoldedConv(c) for c in (unit.conv1, unit.conv2, unit.conv3))
         self.shortcut = FoldedConv(unit.shortcut) if unit.shortcut is not None else None
         self.finite = all(c.finite for c in (self.conv1, self.conv2, self.conv3, self.shortcut) if c is not None)
@@ -125,22 +144,44 @@ class FoldedUnit:
 class FoldedHalting:
     """A halting branch (eqs. 6, 14) for sparse execution: the pooled term's
     weights and bias, and the 3x3 term as nine per-tap weight vectors ``[9, C]``
-    (None for ACT), applied to rows as ``F.linear(rows, taps)``. ``products``
-    ``[10, C]`` (``[1, C]`` for ACT) adds the pooled term's weights as a tenth
-    column: over a whole map, ``W pool(x) = mean(x W)`` comes from the same
-    pass as the per-tap products."""
+    (None for ACT) and biases ``[9]``, applied to rows as ``F.linear(rows, taps) +
+    tap_bias``. ``products`` ``[10, C]`` (``[1, C]`` for ACT) adds the pooled
+    term's weights as a tenth row: over a whole map, ``W pool(x) = mean(x W)``
+    comes from the same pass as the per-tap products.
+
+    The authors' batch norms (``MODEL.SACT.HALTING_NORM``) are affine at
+    inference and fold in: ``W~ * BN_l(x)`` has taps ``W~_t * scale_l`` and, at a
+    position whose tap t falls inside the image, ``W~_t . shift_l`` added; a tap
+    outside reads the zero padding of ``BN_l(x)``, i.e. nothing (a zero
+    product), so each tap's constant travels with its product. ``W BN_g(pool(x))
+    = (W * scale_g) pool(x) + W . shift_g``: the constant joins ``b``."""
 
     def __init__(self, branch: nn.Module):
+        if branch.spatial_logit is not None and getattr(branch, "padding", "zeros") != "zeros":
+            raise ValueError(f"sparse execution (MODEL.SACT.EXECUTION) runs zero-padded halting branches only, "
+                             f"not MODEL.SACT.HALTING_PADDING {branch.padding}; {DENSE_ONLY}")
         self.branch = branch  # its test-time offset is read at every call
-        self.taps = None
-        global_weight = branch.global_logit.weight.detach()
+        self.taps, self.tap_bias = None, None
+        global_weight = branch.global_logit.weight.detach()  # [1, C]
+        bias = branch.bias.detach()[0].float()
+        if getattr(branch, "global_norm", None) is not None:
+            scale, shift = norm_scale_shift(branch.global_norm)
+            bias = bias + (global_weight[0] * shift).sum().float()
+            global_weight = global_weight * scale
         if branch.spatial_logit is not None:  # [9, C]: F.linear's layout, much faster than [C, 9] here
-            self.taps = branch.spatial_logit.weight.detach()[0].flatten(1).t().contiguous()
+            taps = branch.spatial_logit.weight.detach()[0].flatten(1).t()
+            if getattr(branch, "local_norm", None) is not None:
+                scale, shift = norm_scale_shift(branch.local_norm)
+                self.tap_bias = (taps * shift).sum(1).contiguous()  # [9]
+                taps = taps * scale
+            self.taps = taps.contiguous()
         products = torch.cat([self.taps, global_weight]) if self.taps is not None else global_weight
         # as a 1x1 convolution's weights [10, C, 1, 1] (ACT: [1, C, 1, 1]), channels-last
         self.products = products[:, :, None, None].contiguous(memory_format=torch.channels_last)
+        self.products_bias = (torch.cat([self.tap_bias, self.tap_bias.new_zeros(1)])
+                              if self.tap_bias is not None else None)
         self.global_weight = global_weight[0].float()
-        self.bias = branch.bias.detach()[0].float()
+        self.bias = bias
 
     @property
     def offset_bias(self) -> torch.Tensor:
@@ -150,3 +191,9 @@ class FoldedHalting:
     def global_logit(self, pooled: torch.Tensor) -> torch.Tensor:
         """``W pool(x) + b`` per image from pooled features ``[B, C]``, ``[B]`` float32."""
         return pooled @ self.global_weight + self.offset_bias
+
+    def tap_products(self, rows: torch.Tensor) -> torch.Tensor:
+        """The 3x3 term's per-tap products of rows ``[N, C]`` (each position's
+        contribution through each tap), ``[N, 9]``."""
+        products = linear(rows, self.taps.to(rows.dtype))
+        return products if self.tap_bias is None else products + self.tap_bias.to(rows.dtype)

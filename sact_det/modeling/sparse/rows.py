@@ -14,7 +14,7 @@ from torch.nn import functional as F
 
 from sact_det.modeling.sact.halting import masked_global_average, tile_ids
 from sact_det.modeling.sparse.folding import FoldedHalting
-from sact_det.modeling.sparse.kernels import conv, linear
+from sact_det.modeling.sparse.kernels import conv
 
 __all__ = ["MapLayout", "BlockRows", "chunk_rows"]
 
@@ -105,7 +105,7 @@ class BlockRows:
         # Per-tap products of the halting 3x3 term, row ``P`` zero (padding, eq. 14).
         self.tap_products = (torch.zeros((layout.num + 1, 9), dtype=rows.dtype, device=rows.device)
                              if spatial else None)
-        self._taps: Optional[torch.Tensor] = None
+        self._halting: Optional[FoldedHalting] = None  # the branch whose tap products writes keep current
         # This unit's new rows as (positions, rows) while they fit in _KEEP_BYTES; else None.
         self.written: Optional[List[Tuple[torch.Tensor, torch.Tensor]]] = None
         self._written_bytes = 0
@@ -143,7 +143,7 @@ class BlockRows:
 
     def begin_unit(self, halting: Optional[FoldedHalting]) -> None:
         """Before a sparse unit: record the rows it writes, keep tap products for ``halting``."""
-        self._taps = halting.taps.to(self.data.dtype) if halting is not None and halting.taps is not None else None
+        self._halting = halting if halting is not None and halting.taps is not None else None
         self.written, self._written_bytes = [], 0
 
     def write(self, positions: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> None:
@@ -158,8 +158,8 @@ class BlockRows:
                 images = lay.image_of[positions]
                 self.pooled.index_add_(0, images, (new.float() - old.float()) / lay.count[images, None])
         self.data.index_copy_(0, positions, new)
-        if self._taps is not None:
-            self.tap_products.index_copy_(0, positions, linear(new, self._taps))
+        if self._halting is not None:
+            self.tap_products.index_copy_(0, positions, self._halting.tap_products(new))
         if self.written is not None:
             self._written_bytes += new.numel() * 4
             self.written = self.written + [(positions, new)] if self._written_bytes <= _KEEP_BYTES else None
@@ -179,7 +179,10 @@ class BlockRows:
         pooled means."""
         lay = self.layout
         if dilated is None:
-            maps = conv(self.map, halting.products.to(self.data.dtype))  # [B, 10, H, W] (ACT: [B, 1, H, W])
+            bias = halting.products_bias.to(self.data.dtype) if halting.products_bias is not None else None
+            maps = conv(self.map, halting.products.to(self.data.dtype), bias)  # [B, 10, H, W] (ACT: [B, 1, H, W])
+            if bias is not None and lay.padded:  # folded BN_l: the padding must read zero, as alone
+                maps = maps * lay.valid_map.to(maps.dtype)
             global_logits = masked_global_average(maps[:, -1:].float(), lay.valid_map)[:, 0] + halting.offset_bias
             logits = global_logits[lay.image_of] if lay.batch > 1 else global_logits.expand(lay.num)
             if halting.taps is not None:
@@ -193,8 +196,7 @@ class BlockRows:
         is_active = torch.zeros(lay.num + 1, dtype=torch.bool, device=active.device)
         is_active[active] = True
         ring = dilated[~is_active[dilated]]
-        self.tap_products.index_copy_(
-            0, ring, linear(self.data.index_select(0, ring), halting.taps.to(self.data.dtype)))
+        self.tap_products.index_copy_(0, ring, halting.tap_products(self.data.index_select(0, ring)))
         tap_index = torch.arange(9, device=active.device)
         return logits + self.tap_products[lay.neighbours[active], tap_index].sum(1).float(), dilated.numel()
 
