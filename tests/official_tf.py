@@ -1,9 +1,9 @@
 """The TensorFlow side of the converter tests (tests/test_convert_tf.py): the
 official SACT ImageNet network's variables as TF-Slim names them, written by
-TensorFlow into a checkpoint.
+TensorFlow into a checkpoint, and that network's forward pass in TF ops.
 
 Written from the official code (mfigurnov/sact: imagenet_model.get_network and
-bottleneck, resnet_act.get_halting_proba{,_conv}) layer by layer, as
+bottleneck, resnet_act.get_halting_proba{,_conv}, act.py) layer by layer, as
 TF-Slim names a layer's variables, independently of the converter's own table
 (sact_det/apps/tf_variables.py), so that the tests compare two readings.
 """
@@ -22,6 +22,8 @@ import tensorflow as tf  # noqa: E402  (the "tf" extra; installed by `make insta
 
 v1 = tf.compat.v1
 BN_LEAVES = ("beta", "gamma", "moving_mean", "moving_variance")
+BN_EPSILON = 1e-5  # resnet_utils.resnet_arg_scope
+ACT_EPSILON = 0.01  # act.py: a position halts when its cumulative score reaches 1 - eps
 
 
 def slim_variables(halting: str, units: Sequence[int], width: int = 4, stem: int = 64,
@@ -107,3 +109,73 @@ def write_checkpoint(prefix: str, values: Dict[str, np.ndarray], training_extras
             session.run(v1.global_variables_initializer())
             return v1.train.Saver(variables).save(session, prefix)
 
+def official_forward(values: Dict[str, np.ndarray], images: np.ndarray, halting: str,
+                     units: Sequence[int]) -> Dict[str, np.ndarray]:
+    """The official network's inference (batch norms with their moving statistics)
+    in TF ops on ``images`` ``[B, H, W, 3]`` in [-1, 1]: ``logits`` ``[B, K]`` and,
+    for ACT/SACT, each block's ``ponder_cost`` and ``num_units`` ``[B, h, w]`` (act.py;
+    ACT's are ``[B, 1, 1]``)."""
+    def batch_norm(x, scope):
+        return tf.nn.batch_normalization(x, values[f"{scope}/moving_mean"], values[f"{scope}/moving_variance"],
+                                         values[f"{scope}/beta"], values[f"{scope}/gamma"], BN_EPSILON)
+
+    def conv(x, scope, stride=1):  # slim.conv2d, and resnet_utils.conv2d_same when strided
+        weights = values[f"{scope}/weights"]
+        if stride == 1:
+            y = tf.nn.conv2d(x, weights, 1, "SAME")
+        else:  # explicit padding, then VALID
+            total = weights.shape[0] - 1
+            x = tf.pad(x, [[0, 0], [total // 2, total - total // 2], [total // 2, total - total // 2], [0, 0]])
+            y = tf.nn.conv2d(x, weights, stride, "VALID")
+        return y + values[f"{scope}/biases"] if f"{scope}/biases" in values else y
+
+    def unit(x, scope, stride, mask):  # imagenet_model.bottleneck
+        preact = tf.nn.relu(batch_norm(x, f"{scope}/preact"))
+        shortcut = conv(preact, f"{scope}/shortcut", stride) if f"{scope}/shortcut/weights" in values else x
+        residual = tf.nn.relu(batch_norm(conv(preact, f"{scope}/conv1"), f"{scope}/conv1/BatchNorm"))
+        residual = tf.nn.relu(batch_norm(conv(residual, f"{scope}/conv2", stride), f"{scope}/conv2/BatchNorm"))
+        residual = conv(residual, f"{scope}/conv3")
+        return shortcut + (residual if mask is None else residual * mask[..., None])
+
+    def halting_score(x, scope):  # resnet_act.get_halting_proba{_conv}: [B, h, w] or [B, 1, 1]
+        pooled = batch_norm(tf.reduce_mean(x, [1, 2], keepdims=True), f"{scope}/global_bn")
+        logit = conv(pooled, f"{scope}/global_conv")
+        if halting == "sact":
+            logit = logit + conv(batch_norm(x, f"{scope}/local_bn"), f"{scope}/local_conv")
+        return tf.sigmoid(logit)[..., 0]
+
+    out = {}
+    x = tf.nn.max_pool2d(conv(tf.constant(images), "resnet_v2/conv1", 2), 3, 2, "SAME")
+    for b, n in enumerate(units, start=1):
+        if halting == "none":
+            for u in range(1, n + 1):
+                x = unit(x, f"resnet_v2/block{b}/unit_{u}/bottleneck_v2", 2 if b > 1 and u == 1 else 1, None)
+            continue
+        # act.spatially_adaptive_computation_time (ACT: one position per image, no mask)
+        for u in range(1, n + 1):
+            mask = None if u == 1 or halting == "act" else tf.cast(tf.logical_not(finished), tf.float32)
+            x = unit(x, f"resnet_v2/block{b}/unit_{u}/bottleneck_v2", 2 if b > 1 and u == 1 else 1, mask)
+            if u < n:
+                h = halting_score(x, f"resnet_v2/block{b}/unit_{u}/halting_proba")
+                if halting == "act":
+                    h = h[:, :1, :1]
+            else:
+                h = tf.ones_like(x[..., 0]) if halting == "sact" else tf.ones_like(x[:, :1, :1, 0])
+            if u == 1:
+                cumulative, finished, remainder = tf.zeros_like(h), tf.zeros_like(h, tf.bool), tf.ones_like(h)
+                ponder, num_units, output = tf.ones_like(h), tf.zeros_like(h), 0.0
+            cumulative += h
+            now = cumulative >= 1 - ACT_EPSILON
+            h = tf.where(now, tf.zeros_like(h), h)
+            just = tf.logical_and(tf.logical_not(finished), now)
+            weight = tf.where(just, remainder, h)
+            ponder += tf.where(now, tf.where(just, remainder, tf.zeros_like(h)), tf.ones_like(h))
+            num_units += tf.cast(tf.logical_not(finished), tf.float32)
+            output = output + x * weight[..., None]
+            remainder -= h
+            finished = now
+        x = output
+        out[f"block{b}/ponder_cost"], out[f"block{b}/num_units"] = ponder.numpy(), num_units.numpy()
+    x = tf.reduce_mean(tf.nn.relu(batch_norm(x, "resnet_v2/postnorm")), [1, 2], keepdims=True)
+    out["logits"] = conv(x, "resnet_v2/logits")[:, 0, 0].numpy()
+    return out

@@ -11,10 +11,13 @@ import pytest
 import torch
 import yaml
 from conftest import load_tool
-from official_tf import random_values, slim_variables, write_checkpoint
+from official_tf import official_forward, random_values, slim_variables, write_checkpoint
+
+from detectron2.modeling import build_model
 
 from sact_det.apps.convert_tf import Conversion, classifier_config, convert_official_checkpoint
 from sact_det.apps.tf_variables import OfficialModel, official_variables
+from sact_det.config import get_sact_cfg
 from sact_det.config.model_zoo import CONFIG_ROOT
 
 TINY_UNITS = (2, 3, 2, 2)
@@ -201,3 +204,49 @@ def test_without_tensorflow_the_tool_says_what_to_install(tmp_path, capsys, monk
     monkeypatch.setitem(sys.modules, "tensorflow", None)  # `import tensorflow` raises ImportError
     assert load_tool("convert_sact_tf_checkpoint").main([prefix, str(tmp_path / "out.pth")]) == 2
     assert one_error_line(capsys).endswith('needs TensorFlow: pip install "sact-det[tf]"')
+
+
+def classifier_from(config):
+    cfg = get_sact_cfg(config, ["MODEL.DEVICE", "cpu"])
+    model = build_model(cfg).eval()
+    saved = torch.load(cfg.MODEL.WEIGHTS, map_location="cpu", weights_only=True)
+    model.load_state_dict(saved["model"], strict=True)  # no parameter missing, none unexpected
+    return cfg, model
+
+
+@pytest.mark.parametrize("halting", HALTING_TYPES)
+def test_converted_classifier_computes_the_official_network(tmp_path, halting):
+    """The converted tiny network in sact-det's classifier against the same
+    network in TensorFlow ops (official_tf.official_forward): logits, and each
+    block's ponder cost and units, at an even and an odd input size (TF's "SAME"
+    pooling pads them differently)."""
+    prefix, values = tiny_checkpoint(tmp_path, halting)
+    _, config = convert_official_checkpoint(prefix, str(tmp_path / "converted.pth"))
+    cfg, model = classifier_from(config)
+    assert (cfg.MODEL.SACT.TYPE, cfg.MODEL.SACT.UNIT_TYPE, cfg.MODEL.SACT.HALTING_NORM) == \
+        (halting, "pre_activation", True)
+    assert tuple(cfg.MODEL.SACT.NUM_UNITS) + (cfg.MODEL.SACT.RES5_NUM_UNITS,) == TINY_UNITS
+    assert cfg.INPUT.FORMAT == "RGB" and list(cfg.MODEL.PIXEL_MEAN) == list(cfg.MODEL.PIXEL_STD) == [127.5] * 3
+    logits = {}
+    model.linear.register_forward_hook(lambda module, inputs, output: logits.__setitem__("ours", output))
+    halted_early = 0
+    for height, width in ((224, 224), (75, 61)):
+        images = np.random.default_rng(height).uniform(-1, 1, (2, height, width, 3)).astype(np.float32)
+        theirs = official_forward(values, images, halting, TINY_UNITS)
+        with torch.no_grad():  # the official input in [-1, 1] is (pixel - 127.5) / 127.5
+            outputs = model([{"image": torch.from_numpy(image).permute(2, 0, 1) * 127.5 + 127.5}
+                             for image in images])
+        scale = np.abs(theirs["logits"]).max()
+        np.testing.assert_allclose(logits["ours"].numpy(), theirs["logits"], rtol=0, atol=1e-5 * scale)
+        if halting == "none":
+            continue
+        for block, name in enumerate(("res2", "res3", "res4", "res5"), start=1):
+            ponder = np.stack([out["sact"].ponder_maps[name].numpy() for out in outputs])
+            units = [out["sact"].units_per_block[name] for out in outputs]
+            np.testing.assert_allclose(ponder, np.broadcast_to(theirs[f"block{block}/ponder_cost"], ponder.shape),
+                                       rtol=0, atol=1e-5, err_msg=name)
+            np.testing.assert_allclose(units, theirs[f"block{block}/num_units"].mean((1, 2)), rtol=0, atol=1e-6)
+            halted_early += int((theirs[f"block{block}/num_units"] < TINY_UNITS[block - 1]).sum())
+    if halting != "none":
+        assert halted_early > 0  # the halting path is exercised, not only "every unit everywhere"
+

@@ -164,7 +164,7 @@ class SACTCheckpointer(DetectionCheckpointer):
 
     def _load_model(self, checkpoint):
         # A classifier's checkpoint into a detector: res5 -> the box head (sact_det.engine.classifier_weights).
-        adapt_classifier_checkpoint(checkpoint, self.model.state_dict().keys(), self._source, self.logger)
+        adapt_classifier_checkpoint(checkpoint, self.model.state_dict().keys(), self.loaded_from, self.logger)
         incompatible = super()._load_model(checkpoint)
         if incompatible is None:
             return incompatible
