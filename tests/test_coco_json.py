@@ -44,6 +44,7 @@ def test_command_line_registers_and_loads(my_dataset):
     check_datasets_exist(["my_val"])
     records = DatasetCatalog.get("my_val")  # ...as load_coco_json orders them (it refuses a change)
     assert len(records) == 4 and records[0]["file_name"].endswith("categories.jpg")
+    assert all("style" in a for r in records for a in r["annotations"])  # kept: the evaluator groups by it
     assert MetadataCatalog.get("my_val").thing_dataset_id_to_contiguous_id == {1: 0, 2: 1, 3: 2, 4: 3}
 
 

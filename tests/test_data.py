@@ -14,8 +14,9 @@ from detectron2.data import DatasetCatalog
 from sact_det.data import datasets as datasets_module
 from sact_det.data import ensure_synthetic, register_synthetic
 from sact_det.data.datasets import GENERATING
-from sact_det.data.synthetic import (BACKGROUND_STYLES, DATASET_VERSION, MIN_VISIBLE, OBJECT_STYLES, generate_dataset,
-                                     generate_split, render_image, split_paths)
+from sact_det.data.synthetic import (BACKGROUND_STYLES, DATASET_VERSION, MIN_VISIBLE, OBJECT_STYLES, TEXTURE_SPLIT,
+                                     generate_dataset, generate_split, generate_texture_split, render_image,
+                                     split_paths)
 from sact_det.engine.train_net import command_line
 
 
@@ -85,6 +86,42 @@ def test_an_older_copy_is_regenerated_with_a_message(synthetic_root, tmp_path, c
         assert len(DatasetCatalog.get("synthetic_val_heldout")) == 2
     finally:
         register_synthetic(synthetic_root)  # other tests use the session's dataset
+
+
+def test_texture_split_is_plain_against_fine_texture_half_and_half(tmp_path):
+    options = dict(num_train=3, num_val=16, seed=0, size_range=((96, 112), (120, 140)), max_objects=4)
+    first, second = str(tmp_path / "a"), str(tmp_path / "b")
+    generate_texture_split(first, options)
+    generate_texture_split(second, options)
+    coco = load(first, TEXTURE_SPLIT)
+    assert coco == load(second, TEXTURE_SPLIT)  # deterministic for a seed
+    assert (tmp_path / "a" / TEXTURE_SPLIT / "000003.jpg").read_bytes() == \
+        (tmp_path / "b" / TEXTURE_SPLIT / "000003.jpg").read_bytes()
+    assert len(coco["images"]) == 16 and coco["info"]["options"] == json.loads(json.dumps(options))
+    assert {image["background"] for image in coco["images"]} <= set(BACKGROUND_STYLES["train"])
+    styles = {image["id"]: [] for image in coco["images"]}
+    for annotation in coco["annotations"]:
+        styles[annotation["image_id"]].append(annotation["style"])
+    for kinds in styles.values():  # in turn within each image: both kinds, as many of each but one
+        assert set(kinds) <= {"flat", "fine_noise"} and abs(kinds.count("flat") - kinds.count("fine_noise")) <= 1
+    every = [kind for kinds in styles.values() for kind in kinds]
+    assert 0.4 < every.count("flat") / len(every) < 0.6 and sum(len(kinds) > 1 for kinds in styles.values()) > 4
+
+
+def test_the_texture_split_is_generated_when_a_run_asks_for_it(small_root):
+    json_file, _ = split_paths(small_root, TEXTURE_SPLIT)
+    ensure_synthetic(small_root)
+    assert not os.path.exists(json_file)  # not part of the dataset: older copies stay complete
+    ensure_synthetic(small_root, names=["synthetic_val", "synthetic_val_texture"])
+    assert len(DatasetCatalog.get("synthetic_val_texture")) == SMALL["num_val"]
+    before = files_of(small_root)
+    ensure_synthetic(small_root, names=["synthetic_val_texture"])
+    assert files_of(small_root) == before  # made from the dataset's options: reused
+    coco = load(small_root, TEXTURE_SPLIT)
+    coco["info"]["options"]["seed"] = 7  # made for another dataset (e.g. the tool rewrote it): made again
+    json.dump(coco, open(json_file, "w"))
+    ensure_synthetic(small_root, names=["synthetic_val_texture"])
+    assert load(small_root, TEXTURE_SPLIT)["info"]["options"]["seed"] == 0
 
 
 @pytest.mark.parametrize("split", ["synthetic_val", "synthetic_val_heldout"])

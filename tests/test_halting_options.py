@@ -163,6 +163,9 @@ def test_border_ratio_in_the_report_and_the_summary():
         assert set(report.border_ratio_per_block) == {"res2", "res3", "res4", "res5"}
         for block, ponder in report.ponder_maps.items():  # each image's own map
             assert report.border_ratio_per_block[block] == border_ratio(ponder)
+            units = report.units_maps[block]  # N per position, on the same grid
+            assert units.shape == ponder.shape and bool((units <= ponder).all())
+            assert float(units.float().mean()) == pytest.approx(report.units_per_block[block])
     assert reports[1].ponder_maps["res5"].shape == (3, 3) and reports[1].border_ratio_per_block["res5"] is not None
     records = [r.record() for r in reports]
     records[1]["border_ratio_per_block"]["res5"] = None  # an image whose map has no interior

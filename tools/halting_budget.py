@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     def search():
         dataset = args.dataset or cfg.DATASETS.TEST[0]
         if dataset in SYNTHETIC_SPLITS:
-            ensure_synthetic()
+            ensure_synthetic(names=[dataset])
         # A budget that no offset reaches is a BudgetError (ValueError) that gives the range.
         steps = itertools.count(1)
 

@@ -1,6 +1,7 @@
 """Dataset registration: the built-in synthetic COCO-format dataset (found
 where the README says, generated on first use where none exists, saying where;
-a partly present one is an error that says how to regenerate it), the COCO-format
+a partly present one is an error that says how to regenerate it; its texture
+split generated the first time a run asks for it), the COCO-format
 datasets named in ``DATASETS.COCO_JSON``, and checks that registered
 COCO-format datasets exist before a run starts."""
 import json
@@ -12,10 +13,11 @@ import time
 from typing import Iterable, List
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import register_coco_instances
+from detectron2.data.datasets import load_coco_json
 
 from sact_det.data.annotations import validate_on_load
-from sact_det.data.synthetic import CATEGORIES, DATASET_VERSION, generate_dataset, split_info, split_paths
+from sact_det.data.synthetic import (CATEGORIES, DATASET_VERSION, TEXTURE_SPLIT, generate_dataset,
+                                     generate_texture_split, split_info, split_paths)
 from sact_det.utils.errors import InputFileNotFoundError, InputKeyError, InputValueError
 
 __all__ = ["SYNTHETIC_SPLITS", "datasets_root", "default_synthetic_root", "register_synthetic",
@@ -24,8 +26,11 @@ __all__ = ["SYNTHETIC_SPLITS", "datasets_root", "default_synthetic_root", "regis
 
 logger = logging.getLogger("sact_det")
 
-# Dataset name -> split directory.
-SYNTHETIC_SPLITS = {"synthetic_train": "train", "synthetic_val": "val", "synthetic_val_heldout": "val_heldout"}
+# Dataset name -> split directory. The texture split is not part of a complete
+# dataset: it is generated when a run asks for it (ensure_synthetic's ``names``),
+# so that copies made before it existed stay complete.
+SYNTHETIC_SPLITS = {"synthetic_train": "train", "synthetic_val": "val", "synthetic_val_heldout": "val_heldout",
+                    "synthetic_val_texture": TEXTURE_SPLIT}
 # In the synthetic dataset's root while it is being generated: what is there is the generator's.
 GENERATING = ".generating"
 # Metadata mark of the datasets registered from DATASETS.COCO_JSON.
@@ -54,8 +59,17 @@ def default_synthetic_root() -> str:
     return os.path.join(datasets_root(), "synthetic_coco")
 
 
+def _register_coco(name: str, metadata: dict, json_file: str, image_root: str) -> None:
+    """Detectron2's ``register_coco_instances``, keeping each annotation's
+    ``"style"`` where it has one: the SACT evaluator reports where the units
+    went per kind of object."""
+    DatasetCatalog.register(name, lambda: load_coco_json(json_file, image_root, name, extra_annotation_keys=["style"]))
+    MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="coco", **metadata)
+
+
 def register_synthetic(root: str = None) -> None:
-    """Registers ``synthetic_train``, ``synthetic_val`` and ``synthetic_val_heldout`` at ``root`` with
+    """Registers ``synthetic_train``, ``synthetic_val``, ``synthetic_val_heldout`` and
+    ``synthetic_val_texture`` at ``root`` with
     Detectron2 (through ``load_coco_json``, as COCO, annotations checked when
     loaded: :func:`~sact_det.data.annotations.validate_on_load`); re-registering moves them."""
     root = root or default_synthetic_root()
@@ -66,12 +80,11 @@ def register_synthetic(root: str = None) -> None:
         json_file, image_root = split_paths(root, split)
         # Class names up front (as Detectron2 does for COCO), so that visualisers
         # name the classes without loading the annotations first.
-        register_coco_instances(name, {"thing_classes": [c["name"] for c in CATEGORIES]},
-                                json_file, image_root)
+        _register_coco(name, {"thing_classes": [c["name"] for c in CATEGORIES]}, json_file, image_root)
     validate_on_load(SYNTHETIC_SPLITS)
 
 
-def ensure_synthetic(root: str = None, **generate_kwargs) -> str:
+def ensure_synthetic(root: str = None, names: Iterable[str] = (), **generate_kwargs) -> str:
     """Makes sure the synthetic dataset is at ``root``, registers it, and returns the root.
 
     * Nothing of it there, or what a generation that was interrupted left:
@@ -85,6 +98,10 @@ def ensure_synthetic(root: str = None, **generate_kwargs) -> str:
     * Partly there (a split's json or images missing, a json unreadable, or a
       json not written by the generator): an error naming what is missing and
       the command that regenerates it. Nothing is written.
+
+    ``synthetic_val_texture`` among the dataset ``names`` a run uses: its split
+    is generated from the dataset's options unless it is there, complete and
+    made from them by this version (else it is regenerated: it is derived data).
     """
     if root is None and datasets_root() == REPOSITORY_DATASETS:
         logger.warning(f"no ./datasets in {os.getcwd()}: using the repository's {REPOSITORY_DATASETS} "
@@ -105,8 +122,32 @@ def ensure_synthetic(root: str = None, **generate_kwargs) -> str:
                        f"{DATASET_VERSION} at its sizes (the old copy is moved to {kept})")
         os.rename(root, kept)
         _generate(root, {**_generation_options(infos), **generate_kwargs})
+    if "synthetic_val_texture" in set(names):
+        _ensure_texture_split(root)
     register_synthetic(root)
     return root
+
+
+def _ensure_texture_split(root: str) -> None:
+    """Generates the texture split of the complete dataset at ``root`` unless it is made from its options."""
+    options = _generation_options(_synthetic_splits(root))
+    if not _made_from(root, TEXTURE_SPLIT, options):
+        logger.warning(f"generating the texture split of the synthetic dataset in {os.path.abspath(root)} "
+                       f"({options['num_val']} images)")
+        generate_texture_split(root, options)
+
+
+def _made_from(root: str, split: str, options: dict) -> bool:
+    """Whether ``split`` is at ``root``, complete, and written by this version of
+    the generator from ``options`` (as :func:`_generation_options` gives them)."""
+    json_file, image_dir = split_paths(root, split)
+    try:
+        info = split_info(json_file)
+    except (OSError, ValueError):  # absent or unreadable
+        return False
+    return (info["version"] == DATASET_VERSION and "options" in info
+            and _generation_options({split: info}) == options  # its options normalised the same way
+            and all(os.path.isfile(os.path.join(image_dir, str(f))) for f in info["file_names"]))
 
 
 def _generate(root: str, generate_kwargs: dict) -> None:
@@ -124,7 +165,7 @@ def _synthetic_splits(root: str):
     """Each split's :func:`~sact_det.data.synthetic.split_info` when the whole
     dataset is at ``root``; None when nothing of it is; an error naming what is
     missing (and how to regenerate it) when part of it is."""
-    paths = {split: split_paths(root, split) for split in SYNTHETIC_SPLITS.values()}
+    paths = {split: split_paths(root, split) for split in SYNTHETIC_SPLITS.values() if split != TEXTURE_SPLIT}
     if not any(os.path.exists(p) for pair in paths.values() for p in pair):
         return None
     infos, problems = {}, []
@@ -219,8 +260,9 @@ def _registered_from_config(name: str) -> bool:
 
 def register_config_datasets(cfg) -> List[str]:
     """Registers the COCO-format datasets of ``cfg.DATASETS.COCO_JSON`` with
-    Detectron2 (``register_coco_instances``, annotations checked when loaded:
-    :func:`~sact_det.data.annotations.validate_on_load`); returns their names.
+    Detectron2 (as ``register_coco_instances`` does, keeping annotations'
+    ``"style"``; checked when loaded: :func:`~sact_det.data.annotations.validate_on_load`);
+    returns their names.
 
     Class names come from each json's categories when the file exists; a
     missing file is left to :func:`check_datasets_exist`, which reports it when
@@ -239,7 +281,7 @@ def register_config_datasets(cfg) -> List[str]:
         metadata = {"source": CONFIG_SOURCE}
         if os.path.isfile(json_file):
             metadata["thing_classes"] = _category_names_for(name, json_file, f"{CONFIG_SOURCE}: ")
-        register_coco_instances(name, metadata, json_file, image_root)
+        _register_coco(name, metadata, json_file, image_root)
         names.append(name)
     validate_on_load(names)
     return names
@@ -294,6 +336,8 @@ def check_datasets_exist(names: Iterable[str]) -> None:
         meta = MetadataCatalog.get(name)
         if meta.get("missing_hint"):  # set by whoever registered it (sact_det.data.classification)
             hint = meta.missing_hint
+        elif SYNTHETIC_SPLITS.get(name) == TEXTURE_SPLIT:
+            hint = "tools/train_net.py generates it from the synthetic dataset when DATASETS.TEST names it"
         elif name in SYNTHETIC_SPLITS:
             hint = ("generate it with `python tools/make_synthetic_coco.py` "
                     "(or run the demo, which does)")

@@ -21,6 +21,10 @@ shape alone):
 
 The held-out split uses object appearances (checkerboard, dots, concentric
 rings) and backgrounds (grid, marble) that the training split never shows.
+The texture split (:func:`generate_texture_split`, made on demand) is a
+controlled check of where computation goes: on the training split's
+backgrounds, every object is either plain (``flat``) or finely textured
+(``fine_noise``), half and half, and there are no distractors.
 Each image records its background style (``"background"``) and each annotation
 its appearance (``"style"``). Output is deterministic for a seed.
 """
@@ -37,8 +41,8 @@ from pycocotools import mask as mask_utils
 from sact_det.utils.errors import InputValueError
 from sact_det.utils.files import atomic_path
 
-__all__ = ["DATASET_VERSION", "CATEGORIES", "OBJECT_STYLES", "BACKGROUND_STYLES", "render_image",
-           "generate_split", "generate_dataset", "split_paths", "split_info"]
+__all__ = ["DATASET_VERSION", "CATEGORIES", "OBJECT_STYLES", "BACKGROUND_STYLES", "TEXTURE_SPLIT", "render_image",
+           "generate_split", "generate_dataset", "generate_texture_split", "split_paths", "split_info"]
 
 DATASET_VERSION = 2
 
@@ -48,14 +52,21 @@ CATEGORIES = [
     {"id": 3, "name": "triangle", "supercategory": "shape"},
     {"id": 4, "name": "star", "supercategory": "shape"},
 ]
-# Appearances and backgrounds of the training/validation split and of the held-out split.
+# Appearances and backgrounds of the training/validation split, of the held-out split and of
+# the texture split (plain against finely textured objects on the training backgrounds).
 OBJECT_STYLES = {"train": ("flat", "striped", "noise", "gradient", "low_contrast"),
-                 "heldout": ("checker", "dots", "rings")}
+                 "heldout": ("checker", "dots", "rings"),
+                 "texture": ("flat", "fine_noise")}
 BACKGROUND_STYLES = {"train": ("plain", "smooth", "texture", "clutter"), "heldout": ("grid", "marble")}
+BACKGROUND_STYLES["texture"] = BACKGROUND_STYLES["train"]
 DISTRACTORS = ("ellipse", "ring", "cross", "crescent", "bar")
 
+# The split generated on demand from a dataset's options (generate_texture_split).
+TEXTURE_SPLIT = "val_texture"
 # Each split's seed is the dataset's plus this.
-_SEED_OFFSETS = {"train": 0, "val": 1, "val_heldout": 2}
+_SEED_OFFSETS = {"train": 0, "val": 1, "val_heldout": 2, TEXTURE_SPLIT: 3}
+IMAGE_SIZES = ((224, 288), (288, 384))  # default ((min_h, max_h), (min_w, max_w)) of the images
+MAX_OBJECTS = 4  # default most objects per image
 
 MIN_VISIBLE = 0.7  # an object keeps at least this share of its area visible
 SIZE_RANGE = (0.1, 0.45)  # object size (circumscribed diameter) / shorter image side
@@ -187,6 +198,9 @@ def _appearance(rng, style: str, height: int, width: int, box, local_colour: np.
     if style == "noise":
         field = _noise(rng, height, width, rng.uniform(2, max(3.0, size / 6)))
         return first * (1 + rng.uniform(0.3, 0.6) * field[..., None])
+    if style == "fine_noise":  # texture split: high contrast at every size, features of 2-3 pixels
+        field = _noise(rng, height, width, rng.uniform(2, 3))
+        return first * (1 + rng.uniform(0.5, 0.7) * field[..., None])
     if style == "gradient":
         yy, xx = _grid(height, width)
         angle = rng.uniform(0, 2 * math.pi)
@@ -268,20 +282,23 @@ def _fill(contours: List[np.ndarray], height: int, width: int) -> np.ndarray:
     return mask
 
 
-def render_image(rng: np.random.RandomState, height: int, width: int, max_objects: int = 4,
+def render_image(rng: np.random.RandomState, height: int, width: int, max_objects: int = MAX_OBJECTS,
                  split_styles: str = "train", categories: Sequence[str] = None,
-                 size_range: Tuple[float, float] = SIZE_RANGE,
-                 distractors: bool = True) -> Tuple[np.ndarray, List[Dict], str]:
+                 size_range: Tuple[float, float] = SIZE_RANGE, distractors: bool = True,
+                 alternate_styles: bool = False) -> Tuple[np.ndarray, List[Dict], str]:
     """One uint8 BGR image, its objects (category, style, visible bool mask) and
-    its background style. ``split_styles``: "train" or "heldout" (the
+    its background style. ``split_styles``: "train", "heldout" or "texture" (the
     appearances and backgrounds drawn from); ``categories``: the names objects
     are drawn from (default: all); ``size_range``: object size range as a share
-    of the shorter image side (log-uniform); ``distractors``: False draws none.
-    The defaults draw what version 2 of the detection dataset drew."""
+    of the shorter image side (log-uniform); ``distractors``: False draws none;
+    ``alternate_styles``: objects take the appearances in turn from a random
+    first one (every kind in every image with enough objects) instead of each
+    drawing one. The defaults draw what version 2 of the detection dataset drew."""
     names = [c["name"] for c in CATEGORIES] if categories is None else list(categories)
     background = str(rng.choice(BACKGROUND_STYLES[split_styles]))
     image = _background(rng, background, height, width)
     styles = OBJECT_STYLES[split_styles]
+    first_style = rng.randint(len(styles)) if alternate_styles else 0  # no draw otherwise: same stream
     num_objects = rng.randint(1, max_objects + 1)
     num_distractors = rng.randint(2, 4) if background == "clutter" else rng.randint(0, 2)
     num_distractors *= distractors  # drawn either way: the random stream stays the same
@@ -305,7 +322,10 @@ def render_image(rng: np.random.RandomState, height: int, width: int, max_object
             continue
         x0, y0 = contours[0].min(axis=0)
         x1, y1 = contours[0].max(axis=0)
-        style = str(rng.choice(styles))
+        if alternate_styles and kind == "object":
+            style = styles[(first_style + len(objects)) % len(styles)]
+        else:
+            style = str(rng.choice(styles))
         local = image[solid].mean(axis=0)
         fill = _appearance(rng, style, height, width, (x0, y0, x1, y1), local)
         image = coverage[..., None] * fill + (1 - coverage[..., None]) * image
@@ -328,15 +348,16 @@ def _annotation(obj: Dict, annotation_id: int, image_id: int) -> Dict:
             "style": obj["style"]}
 
 
-def generate_split(root: str, split: str, num_images: int, seed: int,
-                   size_range=((224, 288), (288, 384)), max_objects: int = 4,
-                   split_styles: str = "train", options: Dict = None) -> str:
+def generate_split(root: str, split: str, num_images: int, seed: int, size_range=IMAGE_SIZES,
+                   max_objects: int = MAX_OBJECTS, split_styles: str = "train", options: Dict = None,
+                   **render_kwargs) -> str:
     """Writes ``num_images`` images and their COCO json; returns the json path.
 
     Args:
         size_range: ((min_h, max_h), (min_w, max_w)) of the images, in pixels.
-        split_styles: "train" or "heldout" appearances and backgrounds.
+        split_styles: "train", "heldout" or "texture" appearances and backgrounds.
         options: recorded in the json's ``info`` (:func:`generate_dataset`'s arguments).
+        render_kwargs: for :func:`render_image` (``distractors``, ``alternate_styles``).
     """
     json_path, image_dir = split_paths(root, split)
     os.makedirs(image_dir, exist_ok=True)
@@ -346,7 +367,7 @@ def generate_split(root: str, split: str, num_images: int, seed: int,
     for image_id in range(1, num_images + 1):
         height = int(rng.randint(size_range[0][0], size_range[0][1] + 1))
         width = int(rng.randint(size_range[1][0], size_range[1][1] + 1))
-        image, objects, background = render_image(rng, height, width, max_objects, split_styles)
+        image, objects, background = render_image(rng, height, width, max_objects, split_styles, **render_kwargs)
         file_name = f"{image_id:06d}.jpg"
         if not cv2.imwrite(os.path.join(image_dir, file_name), image, [cv2.IMWRITE_JPEG_QUALITY, 92]):
             raise OSError(f"could not write {os.path.join(image_dir, file_name)}")
@@ -366,12 +387,13 @@ def generate_split(root: str, split: str, num_images: int, seed: int,
 
 
 def generate_dataset(root: str, num_train: int = 800, num_val: int = 100, seed: int = 0,
-                     num_heldout: int = None, size_range=((224, 288), (288, 384)), max_objects: int = 4
+                     num_heldout: int = None, size_range=IMAGE_SIZES, max_objects: int = MAX_OBJECTS
                      ) -> Dict[str, str]:
     """Writes the ``train``, ``val`` and ``val_heldout`` splits under ``root``;
     returns their json paths. ``val`` is drawn like ``train``; ``val_heldout``
     (``num_heldout`` images, default ``num_val``) from the held-out styles.
-    Each json records these arguments (``info.options``)."""
+    Each json records these arguments (``info.options``). The texture split is
+    not written here but on demand (:func:`generate_texture_split`)."""
     num_heldout = num_val if num_heldout is None else num_heldout
     options = {"num_train": num_train, "num_val": num_val, "num_heldout": num_heldout, "seed": seed,
                "size_range": [list(r) for r in size_range], "max_objects": max_objects}
@@ -382,3 +404,20 @@ def generate_dataset(root: str, num_train: int = 800, num_val: int = 100, seed: 
         "val_heldout": generate_split(root, "val_heldout", num_heldout, seed + _SEED_OFFSETS["val_heldout"],
                                       split_styles="heldout", **kwargs),
     }
+
+
+def generate_texture_split(root: str, options: Dict) -> str:
+    """Writes the texture split (:data:`TEXTURE_SPLIT`) of the dataset at ``root``
+    made with ``options`` (:func:`generate_dataset`'s arguments, as its jsons
+    record them), and records them; returns its json path.
+
+    ``num_val`` images of the dataset's image sizes and object counts, on the
+    training split's backgrounds, with no distractors; objects are in turn
+    ``flat`` (plain colour) and ``fine_noise`` (a fine, high-contrast texture)
+    from a random first one, so each image with two objects or more has both
+    and the split holds about as many of each.
+    """
+    return generate_split(root, TEXTURE_SPLIT, options["num_val"], options["seed"] + _SEED_OFFSETS[TEXTURE_SPLIT],
+                          size_range=options.get("size_range", IMAGE_SIZES),
+                          max_objects=options.get("max_objects", MAX_OBJECTS), split_styles="texture",
+                          options=options, distractors=False, alternate_styles=True)

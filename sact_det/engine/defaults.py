@@ -69,7 +69,7 @@ def _prepare(cfg, args):
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="sact_det")
     if names & set(SYNTHETIC_SPLITS):
         if comm.get_local_rank() == 0:
-            ensure_synthetic()  # generated on first use (said where), then reused
+            ensure_synthetic(names=names)  # generated on first use (said where), then reused
         comm.synchronize()
         register_synthetic()
     register_classification_datasets(cfg)

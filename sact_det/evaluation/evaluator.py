@@ -6,10 +6,12 @@ and ponder cost and mean units per block with their std across images
 (supplement, Table 3). With ground-truth objects, also the object agreement:
 the ROC AUC of the total ponder map and of each block's as a predictor of
 object pixels (masks when the annotations have them, else boxes), and each
-block's mean ponder cost on objects and on background, averaged over images,
-overall and per background type where the dataset's images record one (the
-synthetic dataset's ``"background"`` field). Printed as
-a table, returned to Detectron2 (so it is logged with the COCO metrics, e.g. to
+block's mean ponder cost and mean units evaluated on objects and on background,
+averaged over images, overall and per background type where the dataset's
+images record one (the synthetic dataset's ``"background"`` field), and per
+kind of object where its annotations record one (the synthetic dataset's
+``"style"``: e.g. plain against finely textured objects on
+``synthetic_val_texture``). Printed as tables, returned to Detectron2 (so it is logged with the COCO metrics, e.g. to
 ``metrics.json`` when evaluating during training) and written as JSON with the
 per-image records.
 """
@@ -17,7 +19,8 @@ import itertools
 import json
 import logging
 import os
-from typing import Dict, List, Optional
+from collections import defaultdict
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from tabulate import tabulate
@@ -42,18 +45,34 @@ def _stats(values) -> Dict[str, float]:
     return {"mean": float(values.mean()), "std": float(values.std())}
 
 
-def _mean_of(records: List[dict], key: str, block: Optional[str] = None):
-    """Stats of a per-image value (or a per-block one) over the records that have it."""
-    values = [r[key] if block is None else r[key][block] for r in records
-              if r.get(key) is not None and (block is None or r[key].get(block) is not None)]
+def _value_at(record: dict, path: Sequence[str]):
+    """``record[path[0]][path[1]]...``, None where any of it is absent or None."""
+    for key in path:
+        if record is None:
+            return None
+        record = record.get(key)
+    return record
+
+
+def _mean_of(records: List[dict], *path: str):
+    """Stats of a per-image value (at ``path`` in each record: a key, then e.g.
+    a block) over the records that have it."""
+    values = [value for value in (_value_at(r, path) for r in records) if value is not None]
     return dict(_stats(values), images=len(values)) if values else None
 
 
 def _agreement(records: List[dict], blocks: List[str]) -> dict:
-    return {"object_auc": _mean_of(records, "object_auc"),
-            "per_block": {b: _mean_of(records, "object_auc_per_block", b) for b in blocks},
-            "ponder_on_objects": {b: _mean_of(records, "ponder_on_objects", b) for b in blocks},
-            "ponder_on_background": {b: _mean_of(records, "ponder_on_background", b) for b in blocks}}
+    per_block_keys = ("ponder_on_objects", "ponder_on_background", "units_on_objects", "units_on_background")
+    return dict({"object_auc": _mean_of(records, "object_auc"),
+                 "per_block": {b: _mean_of(records, "object_auc_per_block", b) for b in blocks}},
+                **{key: {b: _mean_of(records, key, b) for b in blocks} for key in per_block_keys})
+
+
+def _per_style(records: List[dict], blocks: List[str]) -> dict:
+    """Per kind of object (annotation style) and block, the mean ponder cost and units on its cells."""
+    styles = sorted({style for r in records for style in r.get("units_on_style") or {}})
+    return {style: {name: {b: _mean_of(records, f"{name}_on_style", style, b) for b in blocks}
+                    for name in ("ponder", "units")} for style in styles}
 
 
 def summarize_records(records: List[dict]) -> dict:
@@ -89,6 +108,7 @@ def summarize_records(records: List[dict]) -> dict:
         for background in sorted({r["background"] for r in records if r.get("background")}):
             summary["agreement"][background] = _agreement(
                 [r for r in records if r.get("background") == background], blocks)
+        summary["per_style"] = _per_style(records, blocks)
     return summary
 
 
@@ -123,19 +143,37 @@ def format_summary(summary: dict, network: str = "Feature extractor", extra_part
             headers.append("box head units per proposal")
         text += "\nWhole detector (FLOPs per image):\n" + tabulate([row], headers=headers, tablefmt="pipe")
     if "agreement" in summary:
-        def mean(stats):
-            return f"{stats['mean']:.2f}" if stats else "-"
-
-        rows = []
-        for group, agreement in summary["agreement"].items():
-            images = agreement["object_auc"]["images"] if agreement["object_auc"] else 0
-            rows.append([group, images, mean(agreement["object_auc"])]
-                        + [f"{mean(agreement['per_block'][b])} ({mean(agreement['ponder_on_objects'][b])}"
-                           f" / {mean(agreement['ponder_on_background'][b])})" for b in blocks])
-        text += ("\nObject agreement: ROC AUC of the ponder map for object pixels (0.5: none, 1: all "
-                 "computation on objects);\nper block also (mean ponder cost on objects / on background):\n"
-                 + tabulate(rows, headers=["images", "n", "total map"] + blocks, tablefmt="pipe"))
+        text += "\n" + _format_agreement(summary, blocks)
     return text
+
+
+def _format_agreement(summary: dict, blocks: List[str]) -> str:
+    """The object agreement per group of images, and where the units went: on
+    object, background and each kind of object's cells."""
+    def mean(stats):
+        return f"{stats['mean']:.2f}" if stats else "-"
+
+    def images(per_block):  # images with such cells in at least one block
+        return max((stats["images"] for stats in per_block.values() if stats), default=0)
+
+    rows = []
+    for group, agreement in summary["agreement"].items():
+        images_in_group = agreement["object_auc"]["images"] if agreement["object_auc"] else 0
+        rows.append([group, images_in_group, mean(agreement["object_auc"])]
+                    + [f"{mean(agreement['per_block'][b])} ({mean(agreement['ponder_on_objects'][b])}"
+                       f" / {mean(agreement['ponder_on_background'][b])})" for b in blocks])
+    text = ("Object agreement: ROC AUC of the ponder map for object pixels (0.5: none, 1: all "
+            "computation on objects);\nper block also (mean ponder cost on objects / on background):\n"
+            + tabulate(rows, headers=["images", "n", "total map"] + blocks, tablefmt="pipe"))
+    overall = summary["agreement"]["all"]
+    kinds = [("objects", overall["units_on_objects"], overall["ponder_on_objects"]),
+             ("background", overall["units_on_background"], overall["ponder_on_background"])]
+    kinds += [(f"{style} objects", values["units"], values["ponder"]) for style, values in summary["per_style"].items()]
+    rows = [[cells, images(units), *(f"{mean(units[b])} ({mean(ponder[b])})" for b in blocks)]
+            for cells, units, ponder in kinds]
+    return (text + "\nWhere the units went: per block, mean units evaluated (mean ponder cost) on the cells\n"
+            "of objects, of background and of each kind of object (the annotations' style):\n"
+            + tabulate(rows, headers=["cells", "images"] + blocks, tablefmt="pipe"))
 
 
 def flat_metrics(summary: dict) -> Dict[str, float]:
@@ -160,9 +198,15 @@ def flat_metrics(summary: dict) -> Dict[str, float]:
             metrics["head_units"] = summary["head_units"]["mean"]
     if "agreement" in summary:
         metrics["object_AUC"] = summary["object_auc"]["mean"]
-        for block, stats in summary["agreement"]["all"]["per_block"].items():
-            if stats:
-                metrics[f"object_AUC_{block}"] = stats["mean"]
+        overall = summary["agreement"]["all"]
+        per_block = {"object_AUC": overall["per_block"],
+                     **{key: overall[key] for key in ("units_on_objects", "units_on_background",
+                                                      "ponder_on_objects", "ponder_on_background")},
+                     **{f"units_on_style_{style}": values["units"] for style, values in summary["per_style"].items()}}
+        for name, values in per_block.items():
+            for block, stats in values.items():
+                if stats:
+                    metrics[f"{name}_{block}"] = stats["mean"]
     return metrics
 
 
@@ -200,13 +244,15 @@ class SACTEvaluator(DatasetEvaluator):
             self._backgrounds = _image_field(self._dataset_name, "background")
         return self._ground_truth.get(image_id)
 
-    def _objects(self, record) -> Optional[np.ndarray]:
-        """Bool object pixels of an image of the dataset, None without objects."""
-        if record is None or not record.get("annotations"):
-            return None
-        annotations = [dict(a, bbox=BoxMode.convert(a["bbox"], a.get("bbox_mode", BoxMode.XYWH_ABS),
-                                                    BoxMode.XYWH_ABS)) for a in record["annotations"]]
-        return object_mask(annotations, record["height"], record["width"])
+    def _objects_by_style(self, record) -> Dict[Optional[str], np.ndarray]:
+        """Bool object pixels of an image of the dataset per annotation ``"style"``
+        (None: the objects without one); empty without objects."""
+        by_style = defaultdict(list)
+        for a in (record or {}).get("annotations") or ():
+            box = BoxMode.convert(a["bbox"], a.get("bbox_mode", BoxMode.XYWH_ABS), BoxMode.XYWH_ABS)
+            by_style[a.get("style")].append(dict(a, bbox=box))
+        return {style: object_mask(annotations, record["height"], record["width"])
+                for style, annotations in by_style.items()}
 
     def process(self, inputs, outputs):
         for inp, out in zip(inputs, outputs):
@@ -218,10 +264,11 @@ class SACTEvaluator(DatasetEvaluator):
                           num_detections=len(out["instances"]) if "instances" in out else None,
                           object_auc=None)
             if report.adaptive:
-                ground_truth = self._ground_truth_of(inp.get("image_id"))
-                objects = self._objects(ground_truth)
+                by_style = self._objects_by_style(self._ground_truth_of(inp.get("image_id")))
+                objects = np.logical_or.reduce(list(by_style.values())) if by_style else None
                 if objects is not None and objects.any() and not objects.all():
-                    record.update(object_agreement(report, objects))
+                    styled = {style: pixels for style, pixels in by_style.items() if style is not None}
+                    record.update(object_agreement(report, objects, styled))
                 record["background"] = self._backgrounds.get(inp.get("image_id"))
             self._records.append(record)
 

@@ -8,7 +8,7 @@
 * :func:`object_auc`: how well a ponder map predicts the pixels of the objects
   of a detection dataset, reported by the evaluator next to mAP and FLOPs.
 """
-from typing import Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -102,23 +102,43 @@ def object_auc(ponder_grid: torch.Tensor, objects: np.ndarray, input_size: Tuple
     return roc_auc(np.asarray(ponder_grid), object_cells(objects, input_size, tuple(ponder_grid.shape), stride))
 
 
-def object_agreement(report, objects: np.ndarray) -> dict:
+def object_agreement(report, objects: np.ndarray, styled_objects: Optional[Dict[str, np.ndarray]] = None) -> dict:
     """Where an image's computation went, from its
     :class:`~sact_det.modeling.report.SACTReport` and its object pixels: the ROC AUC of
     the total ponder map for the object cells, and per block the AUC and the
-    mean ponder cost on object and on background cells. A block whose grid has
-    no object cell (small objects on a coarse grid) or no background cell gets
-    None."""
+    mean ponder cost and mean units evaluated (N) on object and on background
+    cells. A block whose grid has no object cell (small objects on a coarse
+    grid) or no background cell gets None.
+
+    ``styled_objects``: the object pixels of each kind of object (the annotations'
+    ``"style"``); then also, per kind and block, the mean ponder cost and units
+    on the cells that objects of that kind cover at least half of (None where
+    they cover none).
+    """
+    styled_objects = styled_objects or {}
     result = {"object_auc": None, "object_auc_per_block": {}, "ponder_on_objects": {},
-              "ponder_on_background": {}}
+              "ponder_on_background": {}, "units_on_objects": {}, "units_on_background": {},
+              "ponder_on_style": {style: {} for style in styled_objects},
+              "units_on_style": {style: {} for style in styled_objects}}
     cells = object_cells(objects, report.image_size, tuple(report.ponder_map.shape), report.ponder_map_stride)
     if cells.any() and not cells.all():
         result["object_auc"] = roc_auc(report.ponder_map.numpy(), cells)
     for block, ponder in report.ponder_maps.items():
-        ponder = ponder.numpy()
-        cells = object_cells(objects, report.image_size, ponder.shape, report.ponder_strides[block])
+        ponder, units = ponder.numpy(), report.units_maps[block].numpy()
+        stride = report.ponder_strides[block]
+        cells = object_cells(objects, report.image_size, ponder.shape, stride)
         usable = cells.any() and not cells.all()
         result["object_auc_per_block"][block] = roc_auc(ponder, cells) if usable else None
-        result["ponder_on_objects"][block] = float(ponder[cells].mean()) if usable else None
-        result["ponder_on_background"][block] = float(ponder[~cells].mean()) if usable else None
+        for name, value_map in (("ponder", ponder), ("units", units)):
+            result[f"{name}_on_objects"][block] = _mean_on(value_map, cells) if usable else None
+            result[f"{name}_on_background"][block] = _mean_on(value_map, ~cells) if usable else None
+        for style, pixels in styled_objects.items():
+            style_cells = object_cells(pixels, report.image_size, ponder.shape, stride)
+            result["ponder_on_style"][style][block] = _mean_on(ponder, style_cells)
+            result["units_on_style"][style][block] = _mean_on(units, style_cells)
     return result
+
+
+def _mean_on(value_map: np.ndarray, cells: np.ndarray) -> Optional[float]:
+    """Mean of a map over the selected cells; None when none is."""
+    return float(value_map[cells].mean()) if cells.any() else None

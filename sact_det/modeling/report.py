@@ -31,7 +31,7 @@ DERIVED_KEYS = ("flops_pct", "detector_flops", "detector_dense_flops", "detector
 
 @dataclass
 class SACTReport(Mapping):
-    """One image's FLOPs, ponder cost and ponder maps (the detector's feature
+    """One image's FLOPs, units and ponder cost, and their maps (the detector's feature
     extractor: stem + res2-res4; the classifier: stem + res2-res5 + its linear layer).
 
     FLOPs follow the paper's convention (:mod:`sact_det.modeling.flops`); ``dense_flops``
@@ -50,6 +50,7 @@ class SACTReport(Mapping):
     flops_per_block: Dict[str, int]  # "stem", "res2", ...
     dense_flops: int
     units_per_block: Dict[str, float]  # mean N over the image's positions (eq. 7)
+    units_maps: Optional[Dict[str, torch.Tensor]] = None  # per block, int [h_k, w_k]: N at each position
     ponder_cost: Optional[float] = None  # sum over blocks of rho (eq. 11, Alg. 2 line 37)
     ponder_cost_per_block: Optional[Dict[str, float]] = None
     ponder_maps: Optional[Dict[str, torch.Tensor]] = None  # per block, float32 [h_k, w_k] on its grid
@@ -167,12 +168,11 @@ def build_reports(backbone, stage_outputs: Dict[str, "StageOutput"],  # noqa: F8
         report = SACTReport(
             image_size=size, flops=sum(per_block.values()), flops_per_block=per_block,
             dense_flops=backbone.dense_reference_flops(size),
-            units_per_block={k: float(v[index]) for k, v in units.items()})
+            units_per_block={k: float(v[index]) for k, v in units.items()},
+            units_maps={name: _image_part(stage_outputs[name].num_units_map, index, map_sizes[name])
+                        for name in units})
         if ponder:
-            maps = {}
-            for name in ponder:
-                h, w = map_sizes[name][index]
-                maps[name] = stage_outputs[name].ponder_map[index, :h, :w].detach().cpu()
+            maps = {name: _image_part(stage_outputs[name].ponder_map, index, map_sizes[name]) for name in ponder}
             report.ponder_cost_per_block = {k: float(v[index]) for k, v in ponder.items()}
             report.ponder_cost = sum(report.ponder_cost_per_block.values())
             report.ponder_maps = maps
@@ -182,6 +182,12 @@ def build_reports(backbone, stage_outputs: Dict[str, "StageOutput"],  # noqa: F8
             report.ponder_map_stride = strides[next(iter(maps))]
         reports.append(report)
     return reports
+
+
+def _image_part(batch_map: torch.Tensor, index: int, map_sizes: Sequence[Tuple[int, int]]) -> torch.Tensor:
+    """Image ``index``'s part of a batch's map ``[B, H, W]`` (without the padding), on the CPU."""
+    h, w = map_sizes[index]
+    return batch_map[index, :h, :w].detach().cpu()
 
 
 def add_detector_flops(reports: List[SACTReport], rpn_head, feature_stride: int, head_reports,
