@@ -8,7 +8,7 @@ setup(
     packages=find_packages(include=["sact_det", "sact_det.*"]),
     # The configs ship inside the package (sact_det.config.get_config_file), so
     # that a plain `pip install .` has them; the repository's configs/ links there.
-    package_data={"sact_det": ["configs/*.yaml", "configs/*/*.yaml"]},
+    package_data={"sact_det": ["configs/*.yaml", "configs/*/*.yaml", "weights/*.pth"]},
     python_requires=">=3.9",
     # torch/torchvision are pinned by the Makefile (torch==2.14.1, torchvision==0.29.1);
     # detectron2 has no PyPI release and is installed by scripts/install_detectron2.sh.

@@ -1,5 +1,5 @@
-"""A non-editable install has everything the tools need: every module and the
-shipped configs, found through the package (no path into the source tree)."""
+"""A non-editable install has everything the tools need: every module, the
+shipped configs and weights, found through the package (no path into the source tree)."""
 import os
 import subprocess
 import sys
@@ -17,7 +17,7 @@ def test_wheel_holds_every_module_and_config(tmp_path):
     wheel, = [f for f in os.listdir(tmp_path) if f.endswith(".whl")]
     names = set(zipfile.ZipFile(tmp_path / wheel).namelist())
     sources = {os.path.relpath(os.path.join(d, f), REPO) for d, _, files in os.walk(os.path.join(REPO, "sact_det"))
-               for f in files if f.endswith((".py", ".yaml"))}
+               for f in files if f.endswith((".py", ".yaml", ".pth"))}
     assert "sact_det/configs/synthetic/sact_tiny.yaml" in sources
     assert sorted(sources - names) == []
 

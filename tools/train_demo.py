@@ -1,15 +1,24 @@
 #!/usr/bin/env python
-"""The training demo (``make demo``): generate the synthetic dataset, train a
-small SACT detector from scratch on the CPU, evaluate it (COCO box AP +
-FLOPs/ponder report) and write ponder cost overlays for a few validation images.
-For inference on your own images, Detectron2's demo, see tools/demo.py.
+"""The training demo (``make demo``): generate the synthetic dataset, fine-tune
+a small SACT detector on the CPU from the shipped SACT classifier
+(sact_det://synthetic_cls_sact_tiny.pth, the paper's two stages), evaluate it
+(COCO box AP + FLOPs/ponder report) and write ponder cost overlays for a few
+validation images. For inference on your own images, Detectron2's demo, see
+tools/demo.py.
 
     python tools/train_demo.py                          # output/demo, ~10 minutes on 2 cores
     python tools/train_demo.py --output-dir out SOLVER.MAX_ITER 300
+    python tools/train_demo.py --config-file configs/synthetic/sact_tiny.yaml   # from scratch
+    python tools/train_demo.py --pretrain-classifier    # the first stage again: the shipped classifier
+
+--pretrain-classifier trains configs/synthetic/cls_sact_tiny_res5x1.yaml (or
+--config-file) on the synthetic classification set and writes its weights to
+sact_det/weights/synthetic_cls_sact_tiny.pth (or --weights-output FILE),
+printing the checksum.
 """
 import sys
 
-from sact_det.apps.train_demo import DEMO_CONFIG, run_training_demo
+from sact_det.apps.train_demo import DEMO_CONFIG, PRETRAIN_CONFIG, SHIPPED_CLASSIFIER, pretrain_classifier, run_training_demo
 from sact_det.engine.defaults import load_config
 from sact_det.utils.cli import ToolParser, add_config_arguments, non_negative_int, output_dir, run_tool
 
@@ -18,12 +27,20 @@ def main(argv=None) -> int:
     parser = ToolParser(__doc__)
     parser.add_argument("--output-dir", default="output/demo", type=output_dir, metavar="DIR")
     parser.add_argument("--num-overlays", type=non_negative_int, default=6)
-    add_config_arguments(parser, default=DEMO_CONFIG)
+    parser.add_argument("--pretrain-classifier", action="store_true",
+                        help="train the classifier the demo starts from instead, and write its weights")
+    parser.add_argument("--weights-output", default=SHIPPED_CLASSIFIER, metavar="FILE",
+                        help="with --pretrain-classifier: where (default: the shipped file)")
+    add_config_arguments(parser, required=False)
     args = parser.parse_args(argv)
-    load_config(args.config_file, args.opts, parser)  # before the dataset and the training
+    config_file = args.config_file or (PRETRAIN_CONFIG if args.pretrain_classifier else DEMO_CONFIG)
+    load_config(config_file, args.opts, parser)  # before the dataset and the training
 
     def demo():
-        run_training_demo(args.output_dir, args.config_file, args.num_overlays, args.opts)
+        if args.pretrain_classifier:
+            pretrain_classifier(args.weights_output, config_file, args.opts)
+        else:
+            run_training_demo(args.output_dir, config_file, args.num_overlays, args.opts)
     return run_tool(demo, parser.prog)
 
 

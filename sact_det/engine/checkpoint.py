@@ -25,6 +25,7 @@ the file. Checkpoints and ``last_checkpoint`` are written to a temporary file an
 renamed, so a run killed while saving leaves the previous checkpoint as the last
 one, never half a file.
 """
+import hashlib
 import os
 from typing import List
 
@@ -38,7 +39,7 @@ from sact_det.utils.files import atomic_path
 from sact_det.utils.safe_load import (UnsafeCheckpointError, is_binary_checkpoint, load_pickle_weights,
                                       load_torch_weights)
 
-__all__ = ["BrokenWeightsError", "CheckpointMismatchError", "SACTCheckpointer", "check_finite_weights"]
+__all__ = ["BrokenWeightsError", "CheckpointMismatchError", "SACTCheckpointer", "check_finite_weights", "save_weights_only"]
 
 LAST_CHECKPOINT = "last_checkpoint"  # fvcore's name for the file naming the latest checkpoint
 
@@ -198,3 +199,20 @@ def _from_pycls(filename, data):
         raise InputValueError(f"cannot load {filename}: pycls checkpoints (.pyth) hold 'model_state'")
     model_state = {k: v for k, v in data["model_state"].items() if not k.endswith("num_batches_tracked")}
     return {"model": model_state, "__author__": "pycls", "matching_heuristics": True}
+
+
+def save_weights_only(checkpoint: str, output: str) -> str:
+    """Writes the model weights of a training ``checkpoint`` (``model_final.pth``:
+    weights, optimizer and scheduler state) to ``output`` as ``{"model": ...}``,
+    what Detectron2 loads as ``MODEL.WEIGHTS``, a third of the size; returns the
+    SHA-256 of ``output``."""
+    weights = load_torch_weights(checkpoint)
+    if not isinstance(weights, dict) or not isinstance(weights.get("model"), dict):
+        raise InputValueError(f"{checkpoint} has no model weights (expected a checkpoint written by training)")
+    with atomic_path(output) as temporary:
+        torch.save({"model": weights["model"]}, temporary)
+    digest = hashlib.sha256()
+    with open(output, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
