@@ -245,3 +245,33 @@ def test_an_interrupted_generation_is_generated_again(synthetic_root, tmp_path):
         assert len(load(root, "val_heldout")["images"]) == 2 and not os.path.exists(os.path.join(root, GENERATING))
     finally:
         register_synthetic(synthetic_root)
+
+
+def test_processes_started_together_generate_the_dataset_once(tmp_path):
+    """Two processes that find no dataset (two trainings on a fresh clone, the
+    ranks of a launch): one generates, the other waits and uses its result."""
+    import subprocess
+    import sys
+    import time
+    root, go = tmp_path / "synthetic_coco", tmp_path / "go"
+    script = tmp_path / "ensure.py"
+    script.write_text(f"""import os, sys, time
+from detectron2.utils.logger import setup_logger
+from sact_det.data import ensure_synthetic
+setup_logger(name="sact_det")
+open(sys.argv[1], "w").close()  # imported: ready
+while not os.path.exists({str(go)!r}):
+    time.sleep(0.01)
+ensure_synthetic({str(root)!r}, **{dict(SMALL, num_train=40)!r})
+""")
+    runs = [subprocess.Popen([sys.executable, str(script), str(tmp_path / f"ready{i}")], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    while not all((tmp_path / f"ready{i}").exists() for i in range(2)):  # start both at once
+        assert all(run.poll() is None for run in runs), [run.communicate()[0] for run in runs]
+        time.sleep(0.05)
+    go.touch()
+    logs = [run.communicate(timeout=300)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], logs
+    assert sum("generating it there" in log for log in logs) == 1, logs
+    assert not any("interrupted" in log for log in logs), logs
+    assert len(load(str(root), "train")["images"]) == 40 and not os.path.exists(root / GENERATING)

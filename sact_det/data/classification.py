@@ -22,6 +22,7 @@ from sact_det.data.images import is_image_file
 from sact_det.data.synthetic_cls import (CLS_DATASET_VERSION, classification_dataset_version,
                                          generate_classification_dataset)
 from sact_det.utils.errors import InputFileNotFoundError, InputValueError
+from sact_det.utils.files import one_at_a_time
 
 __all__ = ["SYNTHETIC_CLS_SPLITS", "IMAGENET_SPLITS", "IMAGE_FOLDERS_SOURCE", "image_folder_classes",
            "image_folder_dicts", "register_image_folder", "register_imagenet", "register_synthetic_cls",
@@ -97,12 +98,13 @@ def ensure_synthetic_cls(root: str = None, **generate_kwargs) -> str:
     """Generates the synthetic classification set at ``root`` unless it is there
     at the current version (saying where), registers it and returns the root."""
     root = root or default_synthetic_cls_root()
-    version = classification_dataset_version(root)
-    if version != CLS_DATASET_VERSION:
-        state = "not found" if version == 0 else f"version {version}"
-        logger.warning(f"synthetic classification dataset {state} in {os.path.abspath(root)}: generating "
-                       f"version {CLS_DATASET_VERSION} there")
-        generate_classification_dataset(root, **generate_kwargs)
+    with one_at_a_time(root.rstrip(os.sep) + ".lock", f"the synthetic classification set in {root}"):
+        version = classification_dataset_version(root)
+        if version != CLS_DATASET_VERSION:
+            state = "not found" if version == 0 else f"version {version}"
+            logger.warning(f"synthetic classification dataset {state} in {os.path.abspath(root)}: generating "
+                           f"version {CLS_DATASET_VERSION} there")
+            generate_classification_dataset(root, **generate_kwargs)
     register_synthetic_cls(root)
     return root
 

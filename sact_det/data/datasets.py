@@ -19,6 +19,7 @@ from sact_det.data.annotations import validate_on_load
 from sact_det.data.synthetic import (CATEGORIES, DATASET_VERSION, TEXTURE_SPLIT, generate_dataset,
                                      generate_texture_split, split_info, split_paths)
 from sact_det.utils.errors import InputFileNotFoundError, InputKeyError, InputValueError
+from sact_det.utils.files import one_at_a_time
 
 __all__ = ["SYNTHETIC_SPLITS", "datasets_root", "default_synthetic_root", "register_synthetic",
            "ensure_synthetic", "check_datasets_exist", "check_num_classes", "coco_category_names",
@@ -107,23 +108,24 @@ def ensure_synthetic(root: str = None, names: Iterable[str] = (), **generate_kwa
         logger.warning(f"no ./datasets in {os.getcwd()}: using the repository's {REPOSITORY_DATASETS} "
                        "(set DETECTRON2_DATASETS to choose)")
     root = root or default_synthetic_root()
-    if os.path.exists(os.path.join(root, GENERATING)):
-        logger.warning(f"the generation of the synthetic dataset in {os.path.abspath(root)} was interrupted: "
-                       f"generating it again (version {DATASET_VERSION})")
-        _generate(root, generate_kwargs)
-    elif (infos := _synthetic_splits(root)) is None:
-        logger.warning(f"synthetic dataset not found in {os.path.abspath(root)}: generating it there "
-                       f"(version {DATASET_VERSION})")
-        _generate(root, generate_kwargs)
-    elif any(info["version"] != DATASET_VERSION for info in infos.values()):
-        found = sorted({info["version"] for info in infos.values()})
-        kept = _unused_name(f"{root.rstrip(os.sep)}.v{min(found)}")
-        logger.warning(f"the synthetic dataset under {root} is version {found}; regenerating version "
-                       f"{DATASET_VERSION} at its sizes (the old copy is moved to {kept})")
-        os.rename(root, kept)
-        _generate(root, {**_generation_options(infos), **generate_kwargs})
-    if "synthetic_val_texture" in set(names):
-        _ensure_texture_split(root)
+    with one_at_a_time(root.rstrip(os.sep) + ".lock", f"the synthetic dataset in {root}"):
+        if os.path.exists(os.path.join(root, GENERATING)):
+            logger.warning(f"the generation of the synthetic dataset in {os.path.abspath(root)} was interrupted: "
+                           f"generating it again (version {DATASET_VERSION})")
+            _generate(root, generate_kwargs)
+        elif (infos := _synthetic_splits(root)) is None:
+            logger.warning(f"synthetic dataset not found in {os.path.abspath(root)}: generating it there "
+                           f"(version {DATASET_VERSION})")
+            _generate(root, generate_kwargs)
+        elif any(info["version"] != DATASET_VERSION for info in infos.values()):
+            found = sorted({info["version"] for info in infos.values()})
+            kept = _unused_name(f"{root.rstrip(os.sep)}.v{min(found)}")
+            logger.warning(f"the synthetic dataset under {root} is version {found}; regenerating version "
+                           f"{DATASET_VERSION} at its sizes (the old copy is moved to {kept})")
+            os.rename(root, kept)
+            _generate(root, {**_generation_options(infos), **generate_kwargs})
+        if "synthetic_val_texture" in set(names):
+            _ensure_texture_split(root)
     register_synthetic(root)
     return root
 

@@ -1,6 +1,9 @@
-"""Output files that appear only when complete, and what killed writers left."""
+"""Output files that appear only when complete, what killed writers left, and
+one writer at a time for shared generated data."""
 import contextlib
 import errno
+import fcntl
+import logging
 import os
 import re
 import shutil
@@ -8,7 +11,7 @@ from typing import Iterator, List, Optional
 
 from sact_det.utils.errors import OutputWriteError
 
-__all__ = ["partial_name", "atomic_path", "write_failure", "unwritable_dir", "remove_stale_partials"]
+__all__ = ["partial_name", "atomic_path", "write_failure", "unwritable_dir", "remove_stale_partials", "one_at_a_time"]
 
 # errno values that mean "the storage refused the data", not "the program is wrong".
 WRITE_FAILURES = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO)
@@ -109,3 +112,24 @@ def remove_stale_partials(directory: str) -> List[str]:
             os.remove(path)
         removed.append(path)
     return removed
+
+
+@contextlib.contextmanager
+def one_at_a_time(lock_file: str, what: str) -> Iterator[None]:
+    """Holds an exclusive ``flock`` on ``lock_file`` (created, with its
+    directory) for the block, waiting for another process that holds it (and
+    saying so once): two processes that find ``what`` missing, e.g. the ranks
+    of a multi-GPU launch or two trainings started together on a fresh clone,
+    then generate it once, not into each other. The kernel releases the lock
+    of a process that dies, so a killed generator never blocks the next."""
+    os.makedirs(os.path.dirname(os.path.abspath(lock_file)), exist_ok=True)
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logging.getLogger("sact_det").info(f"waiting for another process to finish preparing {what}")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
