@@ -8,6 +8,7 @@ demo trains with ``--resume``) and re-evaluates a finished one.
 """
 import glob
 import os
+import re
 import time
 
 from detectron2.engine import default_argument_parser
@@ -59,7 +60,15 @@ def run_training_demo(output_dir: str = "output/demo", config_file: str = DEMO_C
         print(f"  feature extractor FLOPs {sact.get('FLOPs', nan):.3e} = "
               f"{sact.get('FLOPs_pct', nan):.1f}% ± {sact.get('FLOPs_pct_std', nan):.1f} of dense; "
               f"ponder cost {sact.get('ponder_cost', nan):.2f}")
-        print("  units per block " + ", ".join(f"{k[6:]} {v:.2f}" for k, v in sact.items() if k.startswith("units_")))
+        blocks = [k[len("units_"):] for k in sact if re.fullmatch(r"units_res[0-9]", k)]
+        print("  units per block " + ", ".join(f"{b} {sact[f'units_{b}']:.2f}" for b in blocks))
+        if f"border_ratio_{blocks[0]}" in sact:
+            print("  border ratio (ponder cost on the outermost ring of cells / the interior) " + ", ".join(
+                f"{b} {sact.get(f'border_ratio_{b}', nan):.2f}" for b in blocks))
+        if f"units_on_objects_{blocks[0]}" in sact:
+            print("  units on objects / on background " + ", ".join(
+                f"{b} {sact.get(f'units_on_objects_{b}', nan):.2f} / {sact.get(f'units_on_background_{b}', nan):.2f}"
+                for b in blocks))
         print("  object agreement (ROC AUC of the ponder map for object pixels; 0.5 = none) "
               f"{sact.get('object_AUC', nan):.3f}; per block " + ", ".join(
                   f"{k[11:]} {v:.3f}" for k, v in sact.items() if k.startswith("object_AUC_")))
