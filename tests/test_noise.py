@@ -1,20 +1,23 @@
 """Short runs are quiet: no PyTorch or Detectron2 notices from a plain script's
 SACTPredictor or from the benchmark's profiler, silenced by message only
-(issue 24, item 6)."""
+(issue 24, item 6), and no TensorFlow start-up lines from a training's
+TensorBoard writer where TensorFlow is installed."""
 import os
 import subprocess
 import sys
 import textwrap
 
+import pytest
 from conftest import REPO
 
-from sact_det.utils.noise import KINETO_QUIET_LEVEL, quiet_profiler_logs
+from sact_det.utils.noise import KINETO_QUIET_LEVEL, quiet_profiler_logs, quiet_tensorflow_logs
 
 
 def run_script(code: str, **env) -> subprocess.CompletedProcess:
     """``code`` as a plain script (Python's default warning filters, no pytest)."""
     environment = dict(os.environ, PYTHONPATH=REPO, **env)
-    environment.pop("KINETO_LOG_LEVEL", None)
+    for variable in ("KINETO_LOG_LEVEL", "TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS"):
+        environment.pop(variable, None)
     environment.pop("PYTHONWARNINGS", None)
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
                           env=environment, cwd=REPO, timeout=300)
@@ -62,3 +65,32 @@ def test_a_kineto_level_set_by_the_user_is_kept(monkeypatch):
     monkeypatch.delenv("KINETO_LOG_LEVEL")
     quiet_profiler_logs()
     assert os.environ["KINETO_LOG_LEVEL"] == KINETO_QUIET_LEVEL
+
+
+def test_the_trainers_tensorboard_writer_prints_no_tensorflow_lines(tmp_path):
+    pytest.importorskip("tensorflow", reason="the tf extra is not installed (make installs it)")
+    result = run_script(f"""
+        from detectron2.utils.events import EventStorage
+        from sact_det.engine.trainer import SACTTrainer
+
+        class Writers(SACTTrainer):  # only what build_writers reads
+            def __init__(self):
+                self.cfg, self.max_iter = type("cfg", (), {{"OUTPUT_DIR": {str(tmp_path)!r}}})(), 1
+        writers = Writers().build_writers()
+        with EventStorage(0) as storage:
+            storage.put_scalar("loss", 1.0)
+            for writer in writers[1:3]:  # the JSON and TensorBoard writers
+                writer.write()
+        print("written")
+    """)
+    assert result.returncode == 0 and result.stdout.strip() == "written", result.stderr
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path))
+    for line in ("absl::InitializeLog", "oneDNN custom operations", "cpu_feature_guard"):
+        assert line not in result.stderr, result.stderr
+
+
+def test_tensorflow_levels_set_by_the_user_are_kept(monkeypatch):
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    quiet_tensorflow_logs()
+    assert (os.environ["TF_CPP_MIN_LOG_LEVEL"], os.environ["TF_ENABLE_ONEDNN_OPTS"]) == ("0", "0")

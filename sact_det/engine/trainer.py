@@ -46,6 +46,7 @@ from sact_det.evaluation.classification import ClassificationEvaluator
 from sact_det.evaluation.evaluator import SACTEvaluator
 from sact_det.utils.env import has_compiled_ops
 from sact_det.utils.errors import InputError, InputValueError
+from sact_det.utils.noise import quiet_tensorflow_logs
 
 __all__ = ["SACTTrainer", "TrainingDivergedError"]
 
@@ -104,6 +105,7 @@ class SACTTrainer(DefaultTrainer):
         return [IterationSeeds(self.cfg.SEED)] + [ours(h) for h in super().build_hooks()]
 
     def build_writers(self):
+        quiet_tensorflow_logs()  # before TensorBoard's writer imports TensorFlow, where it is installed
         return super().build_writers() + [SACTMetricPrinter()]
 
     def resume_or_load(self, resume=True, lr_from_config=False):

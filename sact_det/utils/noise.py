@@ -11,7 +11,14 @@ cannot act on, silenced by message (nothing else of their loggers or warnings).
   stderr; Kineto reads its level from ``KINETO_LOG_LEVEL`` when the profiler
   first starts in a process, so :func:`quiet_profiler_logs` sets it (unless the
   user did) where sact-det starts the profiler (the benchmark's memory
-  measurement and ``--profile``).
+  measurement and ``--profile``);
+* TensorFlow's start-up lines (``All log messages before absl::InitializeLog()``,
+  ``oneDNN custom operations are on``, the CPU-instructions notice) where
+  TensorFlow is installed (the ``tf`` extra, for the authors' checkpoints): the
+  TensorBoard writer of every training imports it. TensorFlow reads
+  ``TF_CPP_MIN_LOG_LEVEL`` and ``TF_ENABLE_ONEDNN_OPTS`` when imported, so
+  :func:`quiet_tensorflow_logs` sets them (unless the user did) before the
+  trainer builds its writers; TensorBoard only writes events with it.
 
 :func:`known_noise_silenced` scopes the first two to a block (``SACTPredictor``);
 :func:`silence_known_noise` installs them for the rest of the process (the
@@ -22,7 +29,8 @@ import os
 import warnings
 from contextlib import contextmanager
 
-__all__ = ["known_noise_silenced", "silence_known_noise", "quiet_profiler_logs", "KINETO_QUIET_LEVEL"]
+__all__ = ["known_noise_silenced", "silence_known_noise", "quiet_profiler_logs", "quiet_tensorflow_logs",
+           "KINETO_QUIET_LEVEL"]
 
 MESHGRID_WARNING = r"torch\.meshgrid: in an upcoming release"
 FX_TRACING_LOGGER = "torch.fx._symbolic_trace"
@@ -71,3 +79,13 @@ def quiet_profiler_logs() -> None:
     """Kineto's log lines off (``KINETO_LOG_LEVEL``), unless the user set a level.
     Takes effect if called before torch's profiler first starts in the process."""
     os.environ.setdefault("KINETO_LOG_LEVEL", KINETO_QUIET_LEVEL)
+
+
+def quiet_tensorflow_logs() -> None:
+    """TensorFlow's start-up lines off, unless the user set these variables.
+    Takes effect if called before TensorFlow is first imported in the process.
+    The oneDNN line can only be removed with the option it names (TensorFlow
+    2.21 prints it at any ``TF_CPP_MIN_LOG_LEVEL``); TensorBoard's event writing
+    does no arithmetic with it."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # errors only
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
