@@ -58,3 +58,22 @@ def test_save_weights_only_drops_the_training_state(tmp_path):
     saved = torch.load(tmp_path / "weights.pth", weights_only=True)
     assert set(saved) == {"model"} and torch.equal(saved["model"]["weight"], model.weight)
     assert digest == sha256(str(tmp_path / "weights.pth"))
+
+
+def test_pretrain_classifier_writes_weights_the_demo_detector_loads(synthetic_cls_root, tmp_path, monkeypatch):
+    """``tools/train_demo.py --pretrain-classifier``, a few iterations on the small set."""
+    from conftest import load_tool
+
+    from sact_det.apps import train_demo
+
+    monkeypatch.setattr(train_demo, "ensure_synthetic_cls", lambda: synthetic_cls_root)  # registered by the fixture
+    output = tmp_path / "classifier.pth"
+    small = ["SOLVER.MAX_ITER", "2", "SOLVER.STEPS", "(1,)", "SOLVER.IMS_PER_BATCH", "4", "INPUT.CLS.TRAIN_SIZE", "48",
+             "INPUT.CLS.TEST_RESIZE", "55", "INPUT.CLS.TEST_SIZE", "48", "TEST.IMS_PER_BATCH", "4",
+             "DATALOADER.NUM_WORKERS", "0", "MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(tmp_path / "run")]
+    assert load_tool("train_demo").main(["--pretrain-classifier", "--weights-output", str(output), *small]) == 0
+    saved = torch.load(output, weights_only=True)
+    assert set(saved) == {"model"} and "linear.weight" in saved["model"]
+    detector = build_model(get_sact_cfg(get_config_file("synthetic/sact_tiny_from_cls.yaml"), ["MODEL.DEVICE", "cpu"]))
+    SACTCheckpointer(detector).load(str(output))  # raises if a feature-extractor or res5 weight is missing
+    assert torch.equal(detector.state_dict()["backbone.stem.conv1.weight"], saved["model"]["backbone.stem.conv1.weight"])

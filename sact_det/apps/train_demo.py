@@ -23,11 +23,11 @@ from sact_det.engine.checkpoint import save_weights_only
 from sact_det.engine.predictor import SACTPredictor
 from sact_det.engine.train_net import main as train_and_evaluate
 
-__all__ = ["DEMO_CONFIG", "SCRATCH_CONFIG", "PRETRAIN_CONFIG", "SHIPPED_CLASSIFIER", "run_training_demo",
+__all__ = ["DEMO_CONFIG", "PRETRAIN_CONFIG", "SHIPPED_CLASSIFIER", "run_training_demo",
            "pretrain_classifier"]
 
-DEMO_CONFIG = get_config_file("synthetic/sact_tiny_from_cls.yaml")  # MODEL.WEIGHTS: the shipped classifier
-SCRATCH_CONFIG = get_config_file("synthetic/sact_tiny.yaml")  # the same detector from random weights
+# MODEL.WEIGHTS: the shipped classifier; synthetic/sact_tiny.yaml is the same detector from random weights
+DEMO_CONFIG = get_config_file("synthetic/sact_tiny_from_cls.yaml")
 PRETRAIN_CONFIG = get_config_file("synthetic/cls_sact_tiny_res5x1.yaml")
 SHIPPED_CLASSIFIER = os.path.join(WEIGHTS_ROOT, "synthetic_cls_sact_tiny.pth")
 
