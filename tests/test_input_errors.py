@@ -193,3 +193,19 @@ def test_an_empty_input_directory_says_so(tmp_path):
                      ".gif)"),
         (str(tmp_path / "absent"), "no such file, directory, or files matching the pattern")]
 
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("DATASETS.IMAGE_FOLDERS", "('data/train',)", "DATASETS.IMAGE_FOLDERS must be a list of (name, directory) "
+     "pairs, e.g. ((\"my_train\", \"data/train\"),); got the entry 'data/train'"),
+    ("DATASETS.COCO_JSON", "(('a', 'b.json'),)", "DATASETS.COCO_JSON must be a list of (name, json_file, image_root) "
+     "triples, e.g. ((\"my_train\", \"train.json\", \"images/\"),); got the entry ('a', 'b.json')"),
+    ("DATASETS.IMAGE_FOLDERS", "(('a', 'x'), ('a', 'y'))",
+     "DATASETS.IMAGE_FOLDERS names each dataset once; ['a'] appear more than once"),
+])
+def test_named_dataset_lists_are_checked_with_the_expected_shape(key, value, message):
+    from sact_det.config import get_config_file, get_sact_cfg
+
+    with pytest.raises(ValueError) as error:
+        get_sact_cfg(get_config_file("synthetic/sact_tiny.yaml"), [key, value])
+    assert str(error.value) == message

@@ -182,40 +182,36 @@ def validate_classifier_config(cfg: CN) -> None:
         raise ValueError(f"TEST.IMS_PER_BATCH must be >= 1, got {cfg.TEST.IMS_PER_BATCH}")
 
 
-def validate_image_folders(entries) -> None:
-    """Raises ValueError unless ``DATASETS.IMAGE_FOLDERS`` is a sequence of
-    (name, directory) pairs of non-empty strings, names unique."""
-    expected = ("DATASETS.IMAGE_FOLDERS must be a list of (name, directory) pairs, "
-                "e.g. ((\"my_train\", \"data/train\"),)")
+def _validate_named_entries(key: str, entries, fields: tuple, example: str) -> None:
+    """Raises ValueError unless ``entries`` (config ``key``) is a sequence of
+    tuples of ``fields`` non-empty strings, the first a name used once."""
+    kind = {2: "pairs", 3: "triples"}[len(fields)]
+    expected = f"{key} must be a list of ({', '.join(fields)}) {kind}, e.g. {example}"
     if isinstance(entries, str) or not isinstance(entries, (list, tuple)):
         raise ValueError(f"{expected}; got {entries!r}")
     names = []
     for entry in entries:
-        if (isinstance(entry, str) or not isinstance(entry, (list, tuple)) or len(entry) != 2
+        if (isinstance(entry, str) or not isinstance(entry, (list, tuple)) or len(entry) != len(fields)
                 or not all(isinstance(v, str) and v for v in entry)):
             raise ValueError(f"{expected}; got the entry {entry!r}")
         names.append(entry[0])
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
-        raise ValueError(f"DATASETS.IMAGE_FOLDERS names each dataset once; {repeated} appear more than once")
+        raise ValueError(f"{key} names each dataset once; {repeated} appear more than once")
+
+
+def validate_image_folders(entries) -> None:
+    """Raises ValueError unless ``DATASETS.IMAGE_FOLDERS`` is a sequence of
+    (name, directory) pairs of non-empty strings, names unique."""
+    _validate_named_entries("DATASETS.IMAGE_FOLDERS", entries, ("name", "directory"),
+                            '(("my_train", "data/train"),)')
 
 
 def validate_coco_json(entries) -> None:
     """Raises ValueError unless ``DATASETS.COCO_JSON`` is a sequence of
     (name, json_file, image_root) triples of non-empty strings, names unique."""
-    expected = ("DATASETS.COCO_JSON must be a list of (name, json_file, image_root) triples, "
-                "e.g. ((\"my_train\", \"train.json\", \"images/\"),)")
-    if isinstance(entries, str) or not isinstance(entries, (list, tuple)):
-        raise ValueError(f"{expected}; got {entries!r}")
-    names = []
-    for entry in entries:
-        if (isinstance(entry, str) or not isinstance(entry, (list, tuple)) or len(entry) != 3
-                or not all(isinstance(v, str) and v for v in entry)):
-            raise ValueError(f"{expected}; got the entry {entry!r}")
-        names.append(entry[0])
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise ValueError(f"DATASETS.COCO_JSON names each dataset once; {repeated} appear more than once")
+    _validate_named_entries("DATASETS.COCO_JSON", entries, ("name", "json_file", "image_root"),
+                            '(("my_train", "train.json", "images/"),)')
 
 
 def units_per_block(cfg: CN):
