@@ -1,5 +1,6 @@
 """The trade-off ladder (sact_det.apps.tradeoff): runs end to end, skips finished members, survives failures,
 trains members side by side, tables a partial run; the classification ladder."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -247,6 +248,25 @@ def test_partial_table_and_table_only(tmp_path, capsys):
     assert os.path.getsize(os.path.join(out, "tradeoff.png")) > 5000
     assert main(["--table-only", "--task", "detection", "--output", out]) == 2
     assert "is the state of a classification ladder, not of a detection one" in capsys.readouterr().err
+
+
+def test_taus_without_values_train_the_plain_networks_only(tmp_path, monkeypatch):
+    """`--taus --act-taus`: no SACT or ACT members (the plain networks first, to read the check), and the
+    config overrides after --opts reach every member."""
+    tool = load_tool("tradeoff")
+    seen = {}
+
+    def fake_run_tradeoff(output, seeds, quick, max_iter, offsets, opts, task, taus, act_taus, jobs):
+        seen.update(members=default_ladder(range(seeds), quick, task, taus, act_taus), opts=opts)
+        with open(f"{output}/tradeoff.md", "w") as f:
+            f.write("table\n")
+    monkeypatch.setattr(tool, "run_tradeoff", fake_run_tradeoff)
+    monkeypatch.setitem(tool.TASKS, "classification", dataclasses.replace(CLASSIFICATION, ensure_data=lambda: None))
+    out = str(tmp_path)
+    assert tool.main(["--task", "classification", "--seeds", "2", "--output", out, "--taus", "--act-taus",
+                      "--opts", "MODEL.SACT.UNIT_TYPE", "pre_activation"]) == 0
+    assert {m.family for m in seen["members"]} == {FAMILIES[2]} and len(seen["members"]) == 8
+    assert seen["opts"] == ["MODEL.SACT.UNIT_TYPE", "pre_activation"]
 
 
 def plain_rows(shallow: float, deep: float, std: float, seeds: int = 3) -> list:

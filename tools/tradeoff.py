@@ -49,11 +49,13 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=positive_int, default=2, help="seeds per member (default 2)")
     parser.add_argument("--quick", action="store_true", help="1 seed, fewer members, a quarter of the iterations")
     parser.add_argument("--max-iter", type=positive_int,
-                        help="training iterations per member (default: detection 600, classification 2000)")
+                        help="training iterations per member (default: " + ", ".join(
+                            f"{name} {task.max_iter}" for name, task in sorted(TASKS.items())) + ")")
     parser.add_argument("--taus", type=non_negative_float, nargs="*", metavar="TAU",
-                        help="tau of the SACT members (default 0.005 0.01 0.02; quick 0.005 0.02)")
+                        help="tau of the SACT members (default 0.005 0.01 0.02; quick 0.005 0.02; "
+                             "none given: no SACT members, e.g. to run the plain networks first)")
     parser.add_argument("--act-taus", type=non_negative_float, nargs="*", metavar="TAU",
-                        help="tau of the ACT members (default 0.005 0.02; quick 0.01)")
+                        help="tau of the ACT members (default 0.005 0.02; quick 0.01; none given: no ACT members)")
     parser.add_argument("--offsets", type=float, nargs="*",
                         help="test-time halting offsets evaluated on one SACT detector (0 is the model itself; "
                              "default -2 -1 1 2 3); detection only")
