@@ -185,3 +185,23 @@ def test_the_training_demo_keeps_its_name_and_make_target(capsys):
     with pytest.raises(SystemExit):
         train_demo.main(["--output-dir", "unused", "SOLVER.MAX_ITERR", "3"])
     assert "unknown config key SOLVER.MAX_ITERR" in capsys.readouterr().err
+
+
+def test_training_demo_summary_prints_the_per_block_lines_it_has():
+    """The summary's units, border-ratio and units-on-objects lines take res2..resN from the units_resN keys
+    only (not from units_on_objects_resN), and an evaluation without a SACT report still gets its AP line."""
+    from sact_det.apps.train_demo import dataset_summary
+
+    sact = {"FLOPs": 1e9, "FLOPs_pct": 50.0, "FLOPs_pct_std": 2.0, "ponder_cost": 6.0, "units_res2": 1.5,
+            "units_res3": 2.5, "border_ratio_res2": 0.99, "border_ratio_res3": 1.01, "units_on_objects_res2": 2.0,
+            "units_on_objects_res3": 3.0, "units_on_background_res2": 1.0, "units_on_background_res3": 1.25,
+            "object_AUC": 0.9, "object_AUC_res2": 0.8}
+    lines = dataset_summary("val", {"bbox": {"AP": 15.8, "AP50": 26.0}, "sact": sact}, "out").splitlines()
+    assert lines[0] == "val: box AP 15.8  AP50 26.0 (COCO protocol)"
+    assert "  units per block res2 1.50, res3 2.50" in lines
+    assert "  border ratio (ponder cost on the outermost ring of cells / the interior) res2 0.99, res3 1.01" in lines
+    assert "  units on objects / on background res2 2.00 / 1.00, res3 3.00 / 1.25" in lines
+    assert lines[-1] == f"  report: {os.path.join('out', 'inference', 'val', 'sact_report.json')}"
+    bare = dataset_summary("val", {"bbox": {"AP": 1.0, "AP50": 2.0}}, "out").splitlines()
+    assert bare[0] == "val: box AP 1.0  AP50 2.0 (COCO protocol)"
+    assert not any(line.startswith(("  border ratio", "  units on objects")) for line in bare)

@@ -194,7 +194,6 @@ def test_an_empty_input_directory_says_so(tmp_path):
         (str(tmp_path / "absent"), "no such file, directory, or files matching the pattern")]
 
 
-
 @pytest.mark.parametrize("key,value,message", [
     ("DATASETS.IMAGE_FOLDERS", "('data/train',)", "DATASETS.IMAGE_FOLDERS must be a list of (name, directory) "
      "pairs, e.g. ((\"my_train\", \"data/train\"),); got the entry 'data/train'"),

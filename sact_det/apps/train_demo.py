@@ -23,7 +23,7 @@ from sact_det.engine.checkpoint import save_weights_only
 from sact_det.engine.predictor import SACTPredictor
 from sact_det.engine.train_net import main as train_and_evaluate
 
-__all__ = ["DEMO_CONFIG", "PRETRAIN_CONFIG", "SHIPPED_CLASSIFIER", "run_training_demo",
+__all__ = ["DEMO_CONFIG", "PRETRAIN_CONFIG", "SHIPPED_CLASSIFIER", "run_training_demo", "dataset_summary",
            "pretrain_classifier"]
 
 # MODEL.WEIGHTS: the shipped classifier; synthetic/sact_tiny.yaml is the same detector from random weights
@@ -54,25 +54,7 @@ def run_training_demo(output_dir: str = "output/demo", config_file: str = DEMO_C
     print("\n" + "=" * 72)
     print(f"sact-det demo finished in {minutes:.1f} min ({output_dir})")
     for dataset, result in _per_dataset(results, cfg).items():
-        bbox, sact = result.get("bbox", {}), result.get("sact", {})
-        nan = float("nan")
-        print(f"{dataset}: box AP {bbox.get('AP', nan):.1f}  AP50 {bbox.get('AP50', nan):.1f} (COCO protocol)")
-        print(f"  feature extractor FLOPs {sact.get('FLOPs', nan):.3e} = "
-              f"{sact.get('FLOPs_pct', nan):.1f}% ± {sact.get('FLOPs_pct_std', nan):.1f} of dense; "
-              f"ponder cost {sact.get('ponder_cost', nan):.2f}")
-        blocks = [k[len("units_"):] for k in sact if re.fullmatch(r"units_res[0-9]", k)]
-        print("  units per block " + ", ".join(f"{b} {sact[f'units_{b}']:.2f}" for b in blocks))
-        if f"border_ratio_{blocks[0]}" in sact:
-            print("  border ratio (ponder cost on the outermost ring of cells / the interior) " + ", ".join(
-                f"{b} {sact.get(f'border_ratio_{b}', nan):.2f}" for b in blocks))
-        if f"units_on_objects_{blocks[0]}" in sact:
-            print("  units on objects / on background " + ", ".join(
-                f"{b} {sact.get(f'units_on_objects_{b}', nan):.2f} / {sact.get(f'units_on_background_{b}', nan):.2f}"
-                for b in blocks))
-        print("  object agreement (ROC AUC of the ponder map for object pixels; 0.5 = none) "
-              f"{sact.get('object_AUC', nan):.3f}; per block " + ", ".join(
-                  f"{k[11:]} {v:.3f}" for k, v in sact.items() if k.startswith("object_AUC_")))
-        print(f"  report: {os.path.join(output_dir, 'inference', dataset, 'sact_report.json')}")
+        print(dataset_summary(dataset, result, output_dir))
     print(f"ponder overlays: {overlay_dir}/*_ponder.png")
     print(f"your own images: python tools/demo.py --config-file {os.path.relpath(config_file)} "
           f"--input IMAGE ... --output DIR MODEL.WEIGHTS {os.path.join(output_dir, 'model_final.pth')}")
@@ -94,6 +76,34 @@ def pretrain_classifier(output: str = SHIPPED_CLASSIFIER, config_file: str = PRE
     print(f"\nclassifier trained in {(time.time() - start) / 60:.1f} min; weights: {output} "
           f"({os.path.getsize(output) / 2**20:.1f} MiB, sha256 {digest})")
     return digest
+
+
+def dataset_summary(dataset: str, result: dict, output_dir: str) -> str:
+    """The demo's lines for one evaluated dataset (Detectron2's ``{"bbox": ..., "sact": ...}``):
+    box AP, FLOPs, units per block, and where the units went, from whichever keys are there."""
+    bbox, sact = result.get("bbox", {}), result.get("sact", {})
+    nan = float("nan")
+    blocks = [k[len("units_"):] for k in sact if re.fullmatch(r"units_res[0-9]", k)]
+
+    def per_block(name: str) -> list:
+        return [sact.get(f"{name}_{b}", nan) for b in blocks]
+    lines = [f"{dataset}: box AP {bbox.get('AP', nan):.1f}  AP50 {bbox.get('AP50', nan):.1f} (COCO protocol)",
+             f"  feature extractor FLOPs {sact.get('FLOPs', nan):.3e} = "
+             f"{sact.get('FLOPs_pct', nan):.1f}% ± {sact.get('FLOPs_pct_std', nan):.1f} of dense; "
+             f"ponder cost {sact.get('ponder_cost', nan):.2f}",
+             "  units per block " + ", ".join(f"{b} {u:.2f}" for b, u in zip(blocks, per_block("units")))]
+    if blocks and f"border_ratio_{blocks[0]}" in sact:
+        lines.append("  border ratio (ponder cost on the outermost ring of cells / the interior) " + ", ".join(
+            f"{b} {r:.2f}" for b, r in zip(blocks, per_block("border_ratio"))))
+    if blocks and f"units_on_objects_{blocks[0]}" in sact:
+        lines.append("  units on objects / on background " + ", ".join(
+            f"{b} {o:.2f} / {g:.2f}" for b, o, g in zip(blocks, per_block("units_on_objects"),
+                                                        per_block("units_on_background"))))
+    lines += ["  object agreement (ROC AUC of the ponder map for object pixels; 0.5 = none) "
+              f"{sact.get('object_AUC', nan):.3f}; per block " + ", ".join(
+                  f"{k[len('object_AUC_'):]} {v:.3f}" for k, v in sact.items() if k.startswith("object_AUC_")),
+              f"  report: {os.path.join(output_dir, 'inference', dataset, 'sact_report.json')}"]
+    return "\n".join(lines)
 
 
 def _per_dataset(results: dict, cfg) -> dict:
