@@ -70,8 +70,11 @@ def test_pretrain_classifier_writes_weights_the_demo_detector_loads(synthetic_cl
     output = tmp_path / "classifier.pth"
     small = ["SOLVER.MAX_ITER", "2", "SOLVER.STEPS", "(1,)", "SOLVER.IMS_PER_BATCH", "4", "INPUT.CLS.TRAIN_SIZE", "48",
              "INPUT.CLS.TEST_RESIZE", "55", "INPUT.CLS.TEST_SIZE", "48", "TEST.IMS_PER_BATCH", "4",
-             "DATALOADER.NUM_WORKERS", "0", "MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(tmp_path / "run")]
-    assert load_tool("train_demo").main(["--pretrain-classifier", "--weights-output", str(output), *small]) == 0
+             "DATALOADER.NUM_WORKERS", "0", "MODEL.DEVICE", "cpu"]
+    run = tmp_path / "run"  # --output-dir, not the config's OUTPUT_DIR (which may hold a finished run to resume)
+    assert load_tool("train_demo").main(
+        ["--pretrain-classifier", "--output-dir", str(run), "--weights-output", str(output), *small]) == 0
+    assert (run / "model_final.pth").is_file()
     saved = torch.load(output, weights_only=True)
     assert set(saved) == {"model"} and "linear.weight" in saved["model"]
     detector = build_model(get_sact_cfg(get_config_file("synthetic/sact_tiny_from_cls.yaml"), ["MODEL.DEVICE", "cpu"]))

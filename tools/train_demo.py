@@ -25,7 +25,9 @@ from sact_det.utils.cli import ToolParser, add_config_arguments, non_negative_in
 
 def main(argv=None) -> int:
     parser = ToolParser(__doc__)
-    parser.add_argument("--output-dir", default="output/demo", type=output_dir, metavar="DIR")
+    parser.add_argument("--output-dir", type=output_dir, metavar="DIR",
+                        help="the training's directory (default: output/demo; with --pretrain-classifier, the "
+                             "config's OUTPUT_DIR)")
     parser.add_argument("--num-overlays", type=non_negative_int, default=6)
     parser.add_argument("--pretrain-classifier", action="store_true",
                         help="train the classifier the demo starts from instead, and write its weights")
@@ -38,9 +40,9 @@ def main(argv=None) -> int:
 
     def demo():
         if args.pretrain_classifier:
-            pretrain_classifier(args.weights_output, config_file, args.opts)
+            pretrain_classifier(args.weights_output, config_file, args.opts, args.output_dir)
         else:
-            run_training_demo(args.output_dir, config_file, args.num_overlays, args.opts)
+            run_training_demo(args.output_dir or "output/demo", config_file, args.num_overlays, args.opts)
     return run_tool(demo, parser.prog)
 
 

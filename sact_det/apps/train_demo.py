@@ -62,16 +62,19 @@ def run_training_demo(output_dir: str = "output/demo", config_file: str = DEMO_C
     return results
 
 
-def pretrain_classifier(output: str = SHIPPED_CLASSIFIER, config_file: str = PRETRAIN_CONFIG, opts=()) -> str:
+def pretrain_classifier(output: str = SHIPPED_CLASSIFIER, config_file: str = PRETRAIN_CONFIG, opts=(),
+                        output_dir: str = None) -> str:
     """The demo's first stage: trains the tiny SACT classifier on the synthetic
-    classification set (resuming an interrupted run), evaluates it, and writes
-    its weights to ``output`` (by default the file the demo starts from);
-    returns the file's SHA-256."""
+    classification set in ``output_dir`` (default: the config's OUTPUT_DIR;
+    resuming an interrupted run there), evaluates it, and writes its weights to
+    ``output`` (by default the file the demo starts from); returns the file's
+    SHA-256."""
     start = time.time()
     ensure_synthetic_cls()
+    opts = [*opts, "OUTPUT_DIR", output_dir] if output_dir else list(opts)
     args = default_argument_parser().parse_args(["--config-file", config_file, "--resume", *opts])
     train_and_evaluate(args)
-    cfg = get_sact_cfg(config_file, list(opts))
+    cfg = get_sact_cfg(config_file, opts)
     digest = save_weights_only(os.path.join(cfg.OUTPUT_DIR, "model_final.pth"), output)
     print(f"\nclassifier trained in {(time.time() - start) / 60:.1f} min; weights: {output} "
           f"({os.path.getsize(output) / 2**20:.1f} MiB, sha256 {digest})")
