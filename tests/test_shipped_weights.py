@@ -58,6 +58,8 @@ def test_save_weights_only_drops_the_training_state(tmp_path):
     saved = torch.load(tmp_path / "weights.pth", weights_only=True)
     assert set(saved) == {"model"} and torch.equal(saved["model"]["weight"], model.weight)
     assert digest == sha256(str(tmp_path / "weights.pth"))
+    # the same weights give the same bytes whatever the file is called (the checksum RESULTS.md records)
+    assert save_weights_only(str(tmp_path / "model_final.pth"), str(tmp_path / "other_name.pth")) == digest
 
 
 def test_pretrain_classifier_writes_weights_the_demo_detector_loads(synthetic_cls_root, tmp_path, monkeypatch):

@@ -26,6 +26,7 @@ renamed, so a run killed while saving leaves the previous checkpoint as the last
 one, never half a file.
 """
 import hashlib
+import io
 import os
 from typing import List
 
@@ -205,14 +206,16 @@ def save_weights_only(checkpoint: str, output: str) -> str:
     """Writes the model weights of a training ``checkpoint`` (``model_final.pth``:
     weights, optimizer and scheduler state) to ``output`` as ``{"model": ...}``,
     what Detectron2 loads as ``MODEL.WEIGHTS``, a third of the size; returns the
-    SHA-256 of ``output``."""
+    SHA-256 of ``output``, which depends on the weights only."""
     weights = load_torch_weights(checkpoint)
     if not isinstance(weights, dict) or not isinstance(weights.get("model"), dict):
         raise InputValueError(f"{checkpoint} has no model weights (expected a checkpoint written by training)")
-    with atomic_path(output) as temporary:
-        torch.save({"model": weights["model"]}, temporary)
-    digest = hashlib.sha256()
-    with open(output, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    # torch.save names the zip archive's folder after the file it writes (here a
+    # temporary name with the process id); written through a buffer, the folder
+    # is always "archive", so the same weights give the same bytes and checksum.
+    buffer = io.BytesIO()
+    torch.save({"model": weights["model"]}, buffer)
+    data = buffer.getvalue()
+    with atomic_path(output) as temporary, open(temporary, "wb") as f:
+        f.write(data)
+    return hashlib.sha256(data).hexdigest()
