@@ -18,7 +18,8 @@ printing the checksum.
 """
 import sys
 
-from sact_det.apps.train_demo import DEMO_CONFIG, PRETRAIN_CONFIG, SHIPPED_CLASSIFIER, pretrain_classifier, run_training_demo
+from sact_det.apps.train_demo import (DEMO_CONFIG, DEMO_OUTPUT_DIR, PRETRAIN_CONFIG, SHIPPED_CLASSIFIER,
+                                     pretrain_classifier, run_training_demo)
 from sact_det.engine.defaults import load_config
 from sact_det.utils.cli import ToolParser, add_config_arguments, non_negative_int, output_dir, run_tool
 
@@ -26,7 +27,7 @@ from sact_det.utils.cli import ToolParser, add_config_arguments, non_negative_in
 def main(argv=None) -> int:
     parser = ToolParser(__doc__)
     parser.add_argument("--output-dir", type=output_dir, metavar="DIR",
-                        help="the training's directory (default: output/demo; with --pretrain-classifier, the "
+                        help=f"the training's directory (default: {DEMO_OUTPUT_DIR}; with --pretrain-classifier, the "
                              "config's OUTPUT_DIR)")
     parser.add_argument("--num-overlays", type=non_negative_int, default=6)
     parser.add_argument("--pretrain-classifier", action="store_true",
@@ -42,7 +43,7 @@ def main(argv=None) -> int:
         if args.pretrain_classifier:
             pretrain_classifier(args.weights_output, config_file, args.opts, args.output_dir)
         else:
-            run_training_demo(args.output_dir or "output/demo", config_file, args.num_overlays, args.opts)
+            run_training_demo(args.output_dir or DEMO_OUTPUT_DIR, config_file, args.num_overlays, args.opts)
     return run_tool(demo, parser.prog)
 
 

@@ -23,16 +23,17 @@ from sact_det.engine.checkpoint import save_weights_only
 from sact_det.engine.predictor import SACTPredictor
 from sact_det.engine.train_net import main as train_and_evaluate
 
-__all__ = ["DEMO_CONFIG", "PRETRAIN_CONFIG", "SHIPPED_CLASSIFIER", "run_training_demo", "dataset_summary",
-           "pretrain_classifier"]
+__all__ = ["DEMO_CONFIG", "DEMO_OUTPUT_DIR", "PRETRAIN_CONFIG", "SHIPPED_CLASSIFIER", "run_training_demo",
+           "dataset_summary", "pretrain_classifier"]
 
 # MODEL.WEIGHTS: the shipped classifier; synthetic/sact_tiny.yaml is the same detector from random weights
 DEMO_CONFIG = get_config_file("synthetic/sact_tiny_from_cls.yaml")
 PRETRAIN_CONFIG = get_config_file("synthetic/cls_sact_tiny_res5x1.yaml")
 SHIPPED_CLASSIFIER = os.path.join(WEIGHTS_ROOT, "synthetic_cls_sact_tiny.pth")
+DEMO_OUTPUT_DIR = "output/demo"
 
 
-def run_training_demo(output_dir: str = "output/demo", config_file: str = DEMO_CONFIG,
+def run_training_demo(output_dir: str = DEMO_OUTPUT_DIR, config_file: str = DEMO_CONFIG,
                       num_overlays: int = 6, opts=()) -> dict:
     """Runs the demo and returns Detectron2's evaluation results."""
     start = time.time()
